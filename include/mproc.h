@@ -1,0 +1,9 @@
+/* mproc.h — the umbrella header: C counterpart of Python's multiprocessing.
+ * Include this, or only the layer headers under mproc/ that you need. */
+#ifndef MPROC_H
+#define MPROC_H
+
+#include "mproc/core.h"
+#include "mproc/process.h"
+
+#endif

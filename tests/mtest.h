@@ -1,0 +1,193 @@
+/* mtest.h — the tiny test runner used by mproc's test executables.
+ * Each test runs in its own forked process with a hard timeout, and after the
+ * test the runner checks for leaked fds, live or zombie children and /dev/shm. */
+#ifndef MTEST_H
+#define MTEST_H
+
+#include <dirent.h>
+#include <poll.h>
+#include <sys/syscall.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "mproc.h"
+
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} mtest_case;
+
+#define MTEST(name) static void name(void)
+#define MTEST_ENTRY(name) {#name, name}
+
+#define CHECK(cond)                                                                     \
+    do {                                                                                \
+        if (!(cond)) {                                                                  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
+            fflush(NULL);                                                               \
+            _exit(1);                                                                   \
+        }                                                                               \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                  \
+    do {                                                                                \
+        long long a_ = (long long)(a), b_ = (long long)(b);                             \
+        if (a_ != b_) {                                                                 \
+            fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %lld, %s == %lld\n", __FILE__, \
+                    __LINE__, #a, a_, #b, b_);                                          \
+            fflush(NULL);                                                               \
+            _exit(1);                                                                   \
+        }                                                                               \
+    } while (0)
+
+/* An mproc call that must succeed. */
+#define CHECK_OK(expr)                                                                  \
+    do {                                                                                \
+        int rc_ = (expr);                                                               \
+        if (rc_ != 0) {                                                                 \
+            fprintf(stderr, "%s:%d: %s failed: %s (%s) %s\n", __FILE__, __LINE__, #expr, \
+                    mproc_errname(rc_), mproc_strerror(rc_), mproc_errmsg());           \
+            fflush(NULL);                                                               \
+            _exit(1);                                                                   \
+        }                                                                               \
+    } while (0)
+
+/* Hooks a test file may set before calling mtest_main: run in each test's
+ * process before the baseline is taken (e.g. to start the fork server). */
+static void (*mtest_warmup)(void);
+
+static int mtest_count_fds(char *list, size_t len)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    size_t k = 0;
+    if (list && len)
+        list[0] = 0;
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d))
+            continue;
+        n++;
+        if (list && k + 8 < len)
+            k += (size_t)snprintf(list + k, len - k, "%s ", e->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+static int mtest_count_shm(void)
+{
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+    if (!d)
+        return 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += strncmp(e->d_name, "mproc", 5) == 0;
+    closedir(d);
+    return n;
+}
+
+static void mtest_run_one(const mtest_case *t)
+{
+    if (mtest_warmup)
+        mtest_warmup();
+    char before[512], after[512];
+    int fds0 = mtest_count_fds(before, sizeof before);
+    int shm0 = mtest_count_shm();
+    t->fn();
+    mproc_process **kids;
+    size_t nkids = 0;
+    CHECK_OK(mproc_active_children(&kids, &nkids));
+    free(kids);
+    if (nkids) {
+        fprintf(stderr, "%s left %zu running children\n", t->name, nkids);
+        _exit(1);
+    }
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid != 0) {
+        fprintf(stderr, "%s left a zombie (pid %d)\n", t->name, (int)si.si_pid);
+        _exit(1);
+    }
+    int fds1 = mtest_count_fds(after, sizeof after);
+    if (fds1 != fds0) {
+        fprintf(stderr, "%s leaked fds: before [%s] after [%s]\n", t->name, before, after);
+        _exit(1);
+    }
+    if (mtest_count_shm() != shm0) {
+        fprintf(stderr, "%s left /dev/shm/mproc* entries\n", t->name);
+        _exit(1);
+    }
+    fflush(NULL);
+    exit(0); /* exit(), not _exit(): mproc's exit handler and LeakSanitizer run */
+}
+
+/* Run every case whose name contains argv[1] (all if absent). Each test has
+ * MTEST_TIMEOUT seconds (default 60). Returns the process exit status. */
+static int mtest_main(int argc, char **argv, const mtest_case *cases, size_t n)
+{
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    double limit = getenv("MTEST_TIMEOUT") ? atof(getenv("MTEST_TIMEOUT")) : 60.0;
+    int failed = 0, ran = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (filter && !strstr(cases[i].name, filter))
+            continue;
+        ran++;
+        double t0 = mproc_monotonic();
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            return 2;
+        }
+        if (pid == 0) {
+            setpgid(0, 0); /* so a hung test is killed with everything it started */
+            mtest_run_one(&cases[i]);
+        }
+        setpgid(pid, pid);
+        int status = 0;
+        bool timed_out = false;
+        for (;;) {
+            pid_t r = waitpid(pid, &status, WNOHANG);
+            if (r == pid)
+                break;
+            if (mproc_monotonic() - t0 > limit) {
+                kill(-pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                timed_out = true;
+                break;
+            }
+            /* Waiting for the test process: poll its pidfd rather than sleeping blind. */
+            int pfd = (int)syscall(434 /* pidfd_open */, pid, 0);
+            if (pfd >= 0) {
+                mproc_wait_fd(pfd, POLLIN, 0.5);
+                close(pfd);
+            }
+        }
+        double ms = (mproc_monotonic() - t0) * 1e3;
+        bool ok = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (!ok) {
+            failed++;
+            if (timed_out)
+                printf("FAIL %s (timed out after %.0f s)\n", cases[i].name, limit);
+            else if (WIFSIGNALED(status))
+                printf("FAIL %s (signal %d)\n", cases[i].name, WTERMSIG(status));
+            else
+                printf("FAIL %s\n", cases[i].name);
+        } else {
+            printf("ok   %s (%.1f ms)\n", cases[i].name, ms);
+        }
+        fflush(stdout);
+    }
+    printf("%d/%d tests passed\n", ran - failed, ran);
+    return failed ? 1 : (ran ? 0 : 1);
+}
+
+#endif
