@@ -465,8 +465,7 @@ int main(int argc, char **argv)
                 usage(stderr);
                 return 2;
             }
-        }
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
         } else {

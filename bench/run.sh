@@ -16,7 +16,10 @@ if [ $# -lt 1 ]; then
 fi
 dir=$1
 shift
-[ -d "$dir/bench" ] && [ ! -e "$dir/bench_process_start" ] && dir=$dir/bench
+# Given the top of a build tree, use its bench/ subdirectory.
+if [ -d "$dir/bench" ] && ! ls "$dir"/bench_* >/dev/null 2>&1; then
+    dir=$dir/bench
+fi
 if [ ! -d "$dir" ]; then
     echo "run.sh: $dir is not a directory" >&2
     exit 2

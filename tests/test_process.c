@@ -418,6 +418,32 @@ static void nested_children(mproc_start_method m)
     close(p[1]);
 }
 
+static int t_say_x(mproc_args *a)
+{
+    return mproc_write_all(mproc_args_fd(a, 0), "x", 1) ? 1 : 0;
+}
+
+/* Once started, the process object holds no copy of the handed fds: when the
+ * child is done and the parent closes its end, the reader sees EOF. */
+static void handed_fd_released_after_start(mproc_start_method m)
+{
+    int p[2];
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    mproc_args *a = mproc_args_new();
+    CHECK_OK(mproc_args_add_fd(a, p[1]));
+    mproc_process *c = start_m(m, t_say_x, a, NULL, false);
+    mproc_args_free(a);
+    close(p[1]);
+    CHECK_OK(mproc_process_join(c, 30.0)); /* the object stays open on purpose */
+    char buf[4];
+    size_t got = 0;
+    CHECK_OK(mproc_wait_fd(p[0], POLLIN, 10.0));
+    CHECK_EQ(mproc_read_all(p[0], buf, sizeof buf, &got), MPROC_ECLOSED);
+    CHECK_EQ(got, 1);
+    CHECK_OK(mproc_process_close(c));
+    close(p[0]);
+}
+
 #define FOR_METHODS(s)                                             \
     MTEST(test_##s##_fork) { s(MPROC_START_FORK); }                \
     MTEST(test_##s##_spawn) { s(MPROC_START_SPAWN); }              \
@@ -435,6 +461,7 @@ FOR_METHODS(args_round_trip)
 FOR_METHODS(names_and_parent)
 FOR_METHODS(sentinel_pollable)
 FOR_METHODS(nested_children)
+FOR_METHODS(handed_fd_released_after_start)
 
 MTEST(test_fd_hygiene_spawn) { fd_hygiene(MPROC_START_SPAWN); }
 MTEST(test_fd_hygiene_forkserver) { fd_hygiene(MPROC_START_FORKSERVER); }
@@ -811,6 +838,7 @@ int main(int argc, char **argv)
         METHOD_ENTRIES(names_and_parent),
         METHOD_ENTRIES(sentinel_pollable),
         METHOD_ENTRIES(nested_children),
+        METHOD_ENTRIES(handed_fd_released_after_start),
         MTEST_ENTRY(test_fd_hygiene_spawn),
         MTEST_ENTRY(test_fd_hygiene_forkserver),
         MTEST_ENTRY(test_misuse_is_refused_with_clear_codes),

@@ -183,7 +183,9 @@ typedef struct mproc_process_opts {
 
 /* Create a process object (not started). `args` may be NULL; it is copied
  * (strings, bytes, dup'ed fds; objects stay borrowed), so it can be freed
- * right after. *out gets the object; release it with mproc_process_close().
+ * right after. The copy is dropped once start() succeeds, as Python does, so
+ * the parent's copies of handed fds never keep a pipe open behind your back.
+ * *out gets the object; release it with mproc_process_close().
  * Errors: MPROC_EINVAL (NULL target/out), MPROC_ENOMEM, MPROC_EBADF. */
 int mproc_process_new(mproc_process **out, mproc_target_fn target, const mproc_args *args,
                       const mproc_process_opts *opts);
@@ -243,7 +245,8 @@ mproc_process *mproc_parent_process(void);
 
 /* The started, not yet closed children that are still running, reaping those
  * that ended (like multiprocessing.active_children()). *out gets a malloc'd
- * array of borrowed pointers (free() the array, not the processes); *n its length. */
+ * array of borrowed pointers (free() the array, not the processes; NULL when
+ * *n is 0); *n its length. */
 int mproc_active_children(mproc_process ***out, size_t *n);
 
 /* Number of CPUs this process may run on (its affinity mask), at least 1. */

@@ -21,7 +21,8 @@ static pid_t fs_pid, fs_owner;
 
 void mproc__forkserver_atfork_child(void)
 {
-    pthread_mutex_init(&fs_mu, NULL);
+    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    fs_mu = fresh;
     if (fs_ctrl >= 0)
         close(fs_ctrl);
     fs_ctrl = -1;

@@ -55,6 +55,9 @@ static void reg_remove(mproc_process *p)
 /* A snapshot of the registry (callers may block on the entries without the lock). */
 static size_t reg_snapshot(mproc_process ***out)
 {
+    *out = NULL;
+    if (!reg_head)
+        return 0; /* racy peek is fine: callers only want "nothing to do" fast */
     pthread_mutex_lock(&reg_mu);
     size_t n = 0;
     for (mproc_process *p = reg_head; p; p = p->next)
@@ -78,9 +81,12 @@ static void atfork_parent(void)
     pthread_mutex_unlock(&reg_mu);
 }
 
+/* Runs in every fork child of the program, so it must be cheap: plain stores,
+ * no libc calls that the child would have to bind lazily. */
 static void atfork_child(void)
 {
-    pthread_mutex_init(&reg_mu, NULL);
+    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    reg_mu = fresh;
     reg_head = NULL;
     if (parent_proc.pidfd >= 0)
         close(parent_proc.pidfd);
@@ -222,6 +228,20 @@ int mproc_process_join(mproc_process *p, double timeout)
         if (fd < 0)
             return 0; /* already gone */
         return mproc_wait_fd(fd, POLLIN, timeout);
+    }
+    if (timeout < 0 && p->method != MPROC_START_FORKSERVER && p->state == PS_RUNNING) {
+        /* Unbounded join of a direct child: one blocking waitid does it all. */
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        int r;
+        do
+            r = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED);
+        while (r < 0 && errno == EINTR);
+        if (r == 0 && si.si_pid != 0) {
+            finish(p, code_of(&si));
+            return 0;
+        }
+        /* ECHILD (reaped elsewhere) falls through to the general path */
     }
     mproc_deadline d = mproc_deadline_after(timeout);
     while (!poll_child(p)) {
@@ -397,7 +417,7 @@ int mproc_active_children(mproc_process ***out, size_t *n)
         return MPROC_EINVAL;
     mproc_process **v;
     size_t k = reg_snapshot(&v), live = 0;
-    if (!v)
+    if (!v && reg_head)
         return MPROC_ENOMEM;
     for (size_t i = 0; i < k; i++)
         if (!poll_child(v[i]))
@@ -522,6 +542,10 @@ int mproc_process_start(mproc_process *p)
     }
     if (rc)
         return rc;
+    /* Like Python, drop the arguments once the child has them: the parent's copies
+     * of handed fds must not keep pipes open (the child's reader would never see EOF). */
+    mproc_args_free(p->args);
+    p->args = NULL;
     p->owner = getpid();
     p->state = PS_RUNNING;
     reg_add(p);

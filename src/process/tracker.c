@@ -31,7 +31,8 @@ static pid_t tr_pid;
 
 void mproc__tracker_atfork_child(void)
 {
-    pthread_mutex_init(&tr_mu, NULL);
+    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    tr_mu = fresh;
 }
 
 static socklen_t make_addr(struct sockaddr_un *sa, const char *name)
@@ -311,8 +312,10 @@ void mproc__tracker_main(int lfd)
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull >= 0)
-        dup2(devnull, STDOUT_FILENO); /* keep stderr for warnings; stdout is not ours */
+    if (devnull >= 0) { /* keep stderr for warnings; the program's stdout is not ours */
+        dup2(devnull, STDOUT_FILENO);
+        close(devnull);
+    }
     tracker_state s = {0};
     bool seen_client = false;
     mproc_deadline first = mproc_deadline_after(60.0);
