@@ -729,6 +729,56 @@ MTEST(test_exit_terminates_daemons_and_joins_other_children)
     gate_free(&g);
 }
 
+/* The fork server is our child in our session (the tracker has its own session). */
+static pid_t find_forkserver(void)
+{
+    char path[64], buf[4096] = {0};
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    pid_t found = 0;
+    for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n")) {
+        pid_t pid = (pid_t)atoi(tok);
+        if (getsid(pid) == getsid(0)) {
+            CHECK(found == 0); /* exactly one */
+            found = pid;
+        }
+    }
+    return found;
+}
+
+MTEST(test_forkserver_death_is_survived)
+{
+    gate g = gate_new();
+    mproc_args *a = gate_args(&g);
+    mproc_process *inflight = start_m(MPROC_START_FORKSERVER, wait_gate, a, NULL, false);
+    mproc_args_free(a);
+    pid_t fs = find_forkserver();
+    CHECK(fs > 0);
+    int fsfd = (int)syscall(434, fs, 0);
+    CHECK(fsfd >= 0);
+    CHECK_EQ(kill(fs, SIGKILL), 0);
+    CHECK_OK(mproc_wait_fd(fsfd, POLLIN, 30.0));
+    close(fsfd);
+    /* the child it forked keeps running and is still ours to join */
+    CHECK(mproc_process_is_alive(inflight));
+    CHECK_EQ(mproc_process_join(inflight, 0.05), MPROC_ETIMEDOUT);
+    /* a new start brings up a new server (and reaps the dead one) */
+    mproc_log_to_stderr(MPROC_LOG_ERROR); /* the restart warning is expected */
+    join_close(start_m(MPROC_START_FORKSERVER, t_return3, NULL, NULL, false), 3);
+    pid_t fs2 = find_forkserver();
+    CHECK(fs2 > 0 && fs2 != fs);
+    /* the orphan's exit status died with the old server: join ends, code 255 */
+    gate_open(&g);
+    CHECK_OK(mproc_process_join(inflight, 30.0));
+    CHECK_EQ(mproc_process_exitcode(inflight), 255);
+    CHECK_OK(mproc_process_close(inflight));
+    gate_free(&g);
+}
+
 /* ------------------------------------------------------------- tracker */
 
 MTEST(test_tracker_rejects_bad_names_and_types)
@@ -853,6 +903,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_child_that_never_reaches_mproc_init_hits_start_timeout),
         MTEST_ENTRY(test_build_id_mismatch_fails_clearly),
         MTEST_ENTRY(test_exit_terminates_daemons_and_joins_other_children),
+        MTEST_ENTRY(test_forkserver_death_is_survived),
         MTEST_ENTRY(test_tracker_rejects_bad_names_and_types),
         MTEST_ENTRY(test_tracker_unlinks_after_sigkill_of_the_whole_tree),
         MTEST_ENTRY(test_tracker_cleans_at_normal_exit_and_respects_unregister),
