@@ -444,6 +444,51 @@ static void handed_fd_released_after_start(mproc_start_method m)
     close(p[0]);
 }
 
+static size_t read_cmdline(char *buf, size_t len)
+{
+    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+    size_t got = 0;
+    mproc_read_all(fd, buf, len, &got);
+    close(fd);
+    return got;
+}
+
+static int t_send_cmdline(mproc_args *a)
+{
+    char buf[1024];
+    size_t n = read_cmdline(buf, sizeof buf);
+    return mproc_write_all(mproc_args_fd(a, 0), buf, n) ? 1 : 0;
+}
+
+static int t_spawn_grandchild_cmdline(mproc_args *a)
+{
+    mproc_process_opts o = {.ctx = mproc_get_context(MPROC_START_SPAWN)};
+    mproc_process *p;
+    if (mproc_process_new(&p, t_send_cmdline, a, &o) || mproc_process_start(p) ||
+        mproc_process_join(p, 30.0) || mproc_process_exitcode(p) != 0)
+        return 1;
+    return mproc_process_close(p);
+}
+
+/* Spawned children, and their own spawned children, run with the program's argv
+ * (so code before mproc_init sees what the program saw). */
+MTEST(test_spawned_children_get_the_program_argv)
+{
+    int p[2];
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    mproc_args *a = mproc_args_new();
+    CHECK_OK(mproc_args_add_fd(a, p[1]));
+    join_close(start_m(MPROC_START_SPAWN, t_spawn_grandchild_cmdline, a, NULL, false), 0);
+    mproc_args_free(a);
+    close(p[1]);
+    char mine[1024], theirs[1024];
+    size_t n = read_cmdline(mine, sizeof mine), got = 0;
+    mproc_read_all(p[0], theirs, sizeof theirs, &got);
+    close(p[0]);
+    CHECK_EQ(got, n);
+    CHECK(memcmp(mine, theirs, n) == 0);
+}
+
 #define FOR_METHODS(s)                                             \
     MTEST(test_##s##_fork) { s(MPROC_START_FORK); }                \
     MTEST(test_##s##_spawn) { s(MPROC_START_SPAWN); }              \
@@ -890,6 +935,7 @@ int main(int argc, char **argv)
         METHOD_ENTRIES(nested_children),
         METHOD_ENTRIES(handed_fd_released_after_start),
         MTEST_ENTRY(test_fd_hygiene_spawn),
+        MTEST_ENTRY(test_spawned_children_get_the_program_argv),
         MTEST_ENTRY(test_fd_hygiene_forkserver),
         MTEST_ENTRY(test_misuse_is_refused_with_clear_codes),
         MTEST_ENTRY(test_take_fd_transfers_ownership),

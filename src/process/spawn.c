@@ -319,6 +319,10 @@ static int save_argv(int argc, char **argv)
 int mproc_init(int *argc, char ***argv)
 {
     atomic_store(&mproc__init_called, true);
+    /* Children re-executed from here (spawn grandchildren too) get the same argv. */
+    int rc = 0;
+    if (argc && argv && *argv && !saved_argv && *argc > 0)
+        rc = save_argv(*argc, *argv);
     if (role != ROLE_NONE) {
         atomic_store(&mproc__bootstrapping, false);
         if (role == ROLE_SPAWN)
@@ -326,7 +330,5 @@ int mproc_init(int *argc, char ***argv)
         mproc__forkserver_main(MPROC__BOOT_FD);
     }
     mproc__atexit_install();
-    if (argc && argv && *argv && !saved_argv && *argc > 0)
-        return save_argv(*argc, *argv);
-    return 0;
+    return rc;
 }
