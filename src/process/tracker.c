@@ -349,16 +349,29 @@ void mproc__tracker_main(int lfd)
             size_t nfds = 0;
             struct iovec iov = {rec, sizeof rec};
             union {
-                char b[CMSG_SPACE(sizeof(int))];
+                char b[CMSG_SPACE(sizeof(int) * 8)]; /* room to receive (and close) extras */
                 struct cmsghdr a;
             } ctl;
             struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
                                .msg_controllen = sizeof ctl.b};
             ssize_t len = recvmsg(s.clients[i], &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-            struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-            if (len >= 0 && c && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
-                memcpy(fds, CMSG_DATA(c), sizeof(int));
-                nfds = 1;
+            /* Keep at most one descriptor (a "watch" pidfd); close anything else sent. */
+            for (struct cmsghdr *c = len >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c; c = CMSG_NXTHDR(&m, c)) {
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                    continue;
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t j = 0; j < k; j++) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(c) + j * sizeof(int), sizeof(int));
+                    if (nfds == 0)
+                        fds[nfds++] = fd;
+                    else
+                        close(fd);
+                }
+            }
+            if (len <= 0 && nfds) {
+                close(fds[0]);
+                nfds = 0;
             }
             if (len > 0)
                 apply(&s, rec, (size_t)len, nfds ? fds[0] : -1);
