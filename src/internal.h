@@ -71,6 +71,12 @@ enum {
 };
 
 int mproc__msg_send(int fd, uint32_t type, const void *body, size_t len, const int *fds, size_t nfds);
+int mproc__msg_send_until(int fd, uint32_t type, const void *body, size_t len, const int *fds,
+                          size_t nfds, mproc_deadline d);
+/* Deadline-bounded writes (sockets always; other fds when non-blocking). */
+int mproc__write_all_until(int fd, const void *buf, size_t len, mproc_deadline d);
+int mproc__send_fds_until(int sock, const void *buf, size_t len, const int *fds, size_t nfds,
+                          mproc_deadline d);
 /* Receive one message; *body is malloc'd (free it), fds are CLOEXEC and owned by the caller. */
 int mproc__msg_recv(int fd, uint32_t *type, uint8_t **body, size_t *len, int *fds, size_t max_fds,
                     size_t *nfds, double timeout);
@@ -147,10 +153,11 @@ int mproc__boot_encode(mproc_buf *b, const char *name, const char *identity, boo
 
 /* Fork-server side (src/process/forkserver.c). */
 _Noreturn void mproc__forkserver_main(int ctrl_fd);
-/* Ask the fork server for a child that will read its BOOT from `child_end`.
- * Returns the pid and a pidfd. */
-int mproc__forkserver_request(int child_end, pid_t *pid, int *pidfd);
-void mproc__forkserver_atfork_child(void);
+/* pthread_atfork phases for each layer's lock: 0 prepare (lock), 1 parent
+ * (unlock), 2 child (reset). See the table in docs/design.md. */
+void mproc__forkserver_atfork(int phase);
+void mproc__tracker_atfork(int phase);
+void mproc__context_atfork(int phase);
 
 /* Tracker (src/process/tracker.c). */
 _Noreturn void mproc__tracker_main(int listen_fd);
@@ -159,7 +166,6 @@ int mproc__tracker_watch(int pidfd);
 /* The tracker's address for children ("" if none), and adopting one received in BOOT. */
 void mproc__tracker_address(char *buf, size_t len, pid_t *pid);
 void mproc__tracker_adopt(const char *address, pid_t pid);
-void mproc__tracker_atfork_child(void);
 
 /* Roles announced to a re-executed binary through the environment. */
 #define MPROC__ROLE_ENV "MPROC_ROLE"

@@ -26,6 +26,12 @@ static int t_noop(mproc_args *a)
     return 0;
 }
 
+static int t_three(mproc_args *a)
+{
+    (void)a;
+    return 3;
+}
+
 static int start_rc(mproc_start_method m, mproc_target_fn fn, mproc_args *a, double timeout,
                     bool daemon, mproc_process **out)
 {
@@ -74,11 +80,26 @@ static int t_nondaemon(mproc_args *a)
     char c;
     if (mproc_read_all(mproc_args_fd(a, 1), &c, 1, NULL))
         return 2;
+    /* 'N' proves the program was still waiting for us (joining) when released */
+    if (!mproc_process_is_alive(mproc_parent_process()))
+        return 4;
     return mproc_write_all(mproc_args_fd(a, 0), "N", 1) ? 3 : 0;
+}
+
+static int t_stubborn_daemon(mproc_args *a)
+{
+    signal(SIGTERM, SIG_IGN); /* the exit handler must escalate to SIGKILL */
+    if (mproc_write_all(mproc_args_fd(a, 1), "s", 1))
+        return 2;
+    for (;;)
+        pause();
 }
 
 static int exit_handler_mode(void)
 {
+    mproc_start_method m = MPROC_START_FORK;
+    if (getenv("MPROC_TEST_METHOD"))
+        mproc_start_method_parse(getenv("MPROC_TEST_METHOD"), &m);
     int rep = report_fd();
     int gate = atoi(getenv("MPROC_TEST_GATE"));
     int sync[2];
@@ -87,14 +108,17 @@ static int exit_handler_mode(void)
     mproc_args_add_fd(a, rep);
     mproc_args_add_fd(a, sync[1]);
     mproc_process *d, *n;
-    EXPECT(start_rc(MPROC_START_FORK, t_daemon, a, 0, true, &d) == 0);
+    EXPECT(start_rc(m, t_daemon, a, 0, true, &d) == 0);
     char c;
+    EXPECT(mproc_read_all(sync[0], &c, 1, NULL) == 0);
+    mproc_process *s;
+    EXPECT(start_rc(m, t_stubborn_daemon, a, 0, true, &s) == 0);
     EXPECT(mproc_read_all(sync[0], &c, 1, NULL) == 0);
     mproc_args_free(a);
     a = mproc_args_new();
     mproc_args_add_fd(a, rep);
     mproc_args_add_fd(a, gate);
-    EXPECT(start_rc(MPROC_START_FORK, t_nondaemon, a, 0, false, &n) == 0);
+    EXPECT(start_rc(m, t_nondaemon, a, 0, false, &n) == 0);
     mproc_args_free(a);
     EXPECT(mproc_write_all(rep, "started", 8) == 0);
     return 0; /* the exit handler terminates d and joins n */
@@ -191,6 +215,48 @@ int main(int argc, char **argv)
         size_t n;
         EXPECT(mproc_active_children(&v, &n) == 0 && n == 0);
         free(v);
+        return 0;
+    }
+    if (strcmp(mode, "start_timeout_big") == 0) {
+        /* a BOOT far larger than the socket buffer must not block start() */
+        setenv("MPROC_TEST_MODE", "hang", 1);
+        size_t big = 8u << 20;
+        char *buf = calloc(1, big);
+        mproc_args *a = mproc_args_new();
+        mproc_args_add_bytes(a, buf, big);
+        free(buf);
+        double t0 = mproc_monotonic();
+        EXPECT(start_rc(MPROC_START_SPAWN, t_noop, a, 0.3, false, NULL) == MPROC_ETIMEDOUT);
+        EXPECT(mproc_monotonic() - t0 < 20.0);
+        mproc_args_free(a);
+        return 0;
+    }
+    if (strcmp(mode, "fs_noinit") == 0) {
+        /* the fork server's main() returns without mproc_init */
+        setenv("MPROC_TEST_MODE", "skip", 1);
+        EXPECT(start_rc(MPROC_START_FORKSERVER, t_noop, NULL, 0, false, NULL) == MPROC_ENOINIT);
+        EXPECT(strstr(mproc_errmsg(), "fork server could not start") != NULL);
+        return 0;
+    }
+    if (strcmp(mode, "fs_hang") == 0) {
+        /* the fork server's main() never reaches mproc_init: bounded, and killed */
+        setenv("MPROC_TEST_MODE", "hang", 1);
+        EXPECT(start_rc(MPROC_START_FORKSERVER, t_noop, NULL, 0.3, false, NULL) == MPROC_ETIMEDOUT);
+        EXPECT(strstr(mproc_errmsg(), "fork server did not start") != NULL);
+        return 0;
+    }
+    if (strcmp(mode, "sigchld_ign") == 0) {
+        signal(SIGCHLD, SIG_IGN);
+        for (int k = MPROC_START_FORK; k <= MPROC_START_FORKSERVER; k++) {
+            mproc_process *p;
+            EXPECT(start_rc((mproc_start_method)k, t_three, NULL, 0, false, &p) == 0);
+            EXPECT(mproc_process_join(p, 30.0) == 0);
+            int code = mproc_process_exitcode(p);
+            /* the fork server reaps for us: exact; direct children: reaped by the
+             * kernel, so the code may be unknowable (255), but never wrong */
+            EXPECT(k == MPROC_START_FORKSERVER ? code == 3 : (code == 3 || code == 255));
+            mproc_process_close(p);
+        }
         return 0;
     }
     if (strcmp(mode, "exit_handler") == 0)

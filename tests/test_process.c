@@ -2,7 +2,9 @@
  * signals, timeouts, arguments and shareable objects, fd hygiene, daemons,
  * start-up errors (missing mproc_init, build-id mismatch), and the tracker. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -736,8 +738,9 @@ MTEST(test_build_id_mismatch_fails_clearly)
     CHECK_EQ(mproc_set_executable("/nonexistent/program"), MPROC_ENOENT);
 }
 
-MTEST(test_exit_terminates_daemons_and_joins_other_children)
+static void exit_handler(mproc_start_method m)
 {
+    setenv("MPROC_TEST_METHOD", mproc_start_method_name(m), 1);
     int rep[2];
     CHECK(pipe2(rep, O_CLOEXEC) == 0);
     gate g = gate_new();
@@ -772,6 +775,122 @@ MTEST(test_exit_terminates_daemons_and_joins_other_children)
     close(pfd);
     close(rep[0]);
     gate_free(&g);
+}
+FOR_METHODS(exit_handler)
+
+MTEST(test_big_boot_cannot_outlast_start_timeout)
+{
+    CHECK_EQ(run_helper("start_timeout_big", -1, NULL, NULL, false), 0);
+}
+
+MTEST(test_forkserver_main_without_mproc_init_fails_clearly)
+{
+    CHECK_EQ(run_helper("fs_noinit", -1, NULL, NULL, false), 0);
+}
+
+MTEST(test_forkserver_that_never_reaches_mproc_init_is_bounded)
+{
+    CHECK_EQ(run_helper("fs_hang", -1, NULL, NULL, false), 0);
+}
+
+MTEST(test_sigchld_ignored_never_gives_wrong_exit_codes)
+{
+    CHECK_EQ(run_helper("sigchld_ign", -1, NULL, NULL, false), 0);
+}
+
+/* Once the sentinel is readable, the exit code is known without joining. */
+MTEST(test_forkserver_sentinel_means_exit_code_known)
+{
+    for (int i = 0; i < 50; i++) {
+        mproc_process *p = start_m(MPROC_START_FORKSERVER, t_return3, NULL, NULL, false);
+        CHECK_OK(mproc_wait_fd(mproc_process_sentinel(p), POLLIN, 30.0));
+        CHECK(!mproc_process_is_alive(p));
+        CHECK_EQ(mproc_process_exitcode(p), 3);
+        CHECK_OK(mproc_process_close(p));
+    }
+}
+
+static int t_code_arg(mproc_args *a)
+{
+    int64_t v = 0;
+    mproc_args_get_int(a, 0, &v);
+    return (int)v;
+}
+
+static void *start_join_loop(void *arg)
+{
+    intptr_t k = (intptr_t)arg;
+    mproc_args *a = mproc_args_new();
+    mproc_args_add_int(a, 10 + k);
+    for (int i = 0; i < 40; i++) {
+        mproc_process_opts o = {.ctx = mproc_get_context(k % 2 ? MPROC_START_FORKSERVER
+                                                               : MPROC_START_FORK)};
+        mproc_process *p;
+        if (mproc_process_new(&p, t_code_arg, a, &o) || mproc_process_start(p) ||
+            mproc_process_join(p, 30.0) || mproc_process_exitcode(p) != 10 + k ||
+            mproc_process_close(p))
+            return (void *)1;
+    }
+    mproc_args_free(a);
+    return NULL;
+}
+
+/* Threads each start and join their own children while another lists them all:
+ * every exit code is right (no thread reaps another's child). */
+MTEST(test_threads_start_and_join_concurrently)
+{
+    pthread_t t[4];
+    for (intptr_t k = 0; k < 4; k++)
+        CHECK_EQ(pthread_create(&t[k], NULL, start_join_loop, (void *)k), 0);
+    for (int i = 0; i < 200; i++) {
+        mproc_process **v;
+        size_t n;
+        CHECK_OK(mproc_active_children(&v, &n));
+        free(v);
+    }
+    for (int k = 0; k < 4; k++) {
+        void *res;
+        pthread_join(t[k], &res);
+        CHECK(res == NULL);
+    }
+}
+
+static atomic_bool hammer_stop;
+static void *tracker_hammer(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&hammer_stop)) {
+        mproc_tracker_register("shm", "/mproc-test-hammer");
+        mproc_tracker_unregister("shm", "/mproc-test-hammer");
+    }
+    return NULL;
+}
+
+/* A raw fork() while another thread is inside the tracker client must not
+ * leave the child with a held lock. */
+MTEST(test_fork_while_another_thread_holds_library_locks)
+{
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, tracker_hammer, NULL), 0);
+    for (int i = 0; i < 100; i++) {
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            int rc = mproc_tracker_register("shm", "/mproc-test-child");
+            rc |= mproc_tracker_unregister("shm", "/mproc-test-child");
+            rc |= mproc_tracker_ensure();
+            _exit(rc ? 1 : 0);
+        }
+        int pfd = (int)syscall(434, pid, 0);
+        CHECK(pfd >= 0);
+        CHECK_OK(mproc_wait_fd(pfd, POLLIN, 10.0)); /* a deadlocked child fails here */
+        close(pfd);
+        int status;
+        CHECK_EQ(waitpid(pid, &status, 0), pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&hammer_stop, true);
+    pthread_join(t, NULL);
 }
 
 /* The fork server is our child in our session (the tracker has its own session). */
@@ -948,7 +1067,14 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_spawned_child_whose_main_skips_mproc_init_fails_clearly),
         MTEST_ENTRY(test_child_that_never_reaches_mproc_init_hits_start_timeout),
         MTEST_ENTRY(test_build_id_mismatch_fails_clearly),
-        MTEST_ENTRY(test_exit_terminates_daemons_and_joins_other_children),
+        METHOD_ENTRIES(exit_handler),
+        MTEST_ENTRY(test_big_boot_cannot_outlast_start_timeout),
+        MTEST_ENTRY(test_forkserver_main_without_mproc_init_fails_clearly),
+        MTEST_ENTRY(test_forkserver_that_never_reaches_mproc_init_is_bounded),
+        MTEST_ENTRY(test_sigchld_ignored_never_gives_wrong_exit_codes),
+        MTEST_ENTRY(test_forkserver_sentinel_means_exit_code_known),
+        MTEST_ENTRY(test_threads_start_and_join_concurrently),
+        MTEST_ENTRY(test_fork_while_another_thread_holds_library_locks),
         MTEST_ENTRY(test_forkserver_death_is_survived),
         MTEST_ENTRY(test_tracker_rejects_bad_names_and_types),
         MTEST_ENTRY(test_tracker_unlinks_after_sigkill_of_the_whole_tree),

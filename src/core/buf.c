@@ -102,13 +102,19 @@ typedef struct {
 
 int mproc__msg_send(int fd, uint32_t type, const void *body, size_t len, const int *fds, size_t nfds)
 {
+    return mproc__msg_send_until(fd, type, body, len, fds, nfds, mproc_deadline_after(MPROC_FOREVER));
+}
+
+int mproc__msg_send_until(int fd, uint32_t type, const void *body, size_t len, const int *fds,
+                          size_t nfds, mproc_deadline d)
+{
     if (len > MPROC__MSG_MAX)
         return mproc__fail(MPROC_EMSGSIZE, "control message of %zu bytes exceeds %u", len,
                            MPROC__MSG_MAX);
     msg_header h = {MPROC__MAGIC, MPROC__PROTO_VERSION << 16 | type, (uint32_t)nfds, (uint32_t)len};
-    int rc = mproc_send_fds(fd, &h, sizeof h, fds, nfds);
+    int rc = mproc__send_fds_until(fd, &h, sizeof h, fds, nfds, d);
     if (rc == 0 && len)
-        rc = mproc_write_all(fd, body, len);
+        rc = mproc__write_all_until(fd, body, len, d);
     return rc;
 }
 

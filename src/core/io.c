@@ -12,7 +12,7 @@
 
 /* write(2) to a non-socket without SIGPIPE: block it in this thread for the
  * call and swallow the one our write raised (unless one was already pending). */
-static int write_all_nosigpipe(int fd, const char *p, size_t len)
+static int write_all_nosigpipe(int fd, const char *p, size_t len, mproc_deadline d)
 {
     sigset_t pipe_set, old, pending;
     sigemptyset(&pipe_set);
@@ -30,7 +30,8 @@ static int write_all_nosigpipe(int fd, const char *p, size_t len)
         }
         if (errno == EINTR)
             continue;
-        if (errno == EAGAIN && (rc = mproc_wait_fd(fd, POLLOUT, MPROC_FOREVER)) == 0)
+        if (errno == EAGAIN &&
+            (rc = mproc_wait_fd(fd, POLLOUT, mproc_deadline_remaining(d))) == 0)
             continue;
         rc = rc ? rc : mproc__errno();
         break;
@@ -44,19 +45,22 @@ static int write_all_nosigpipe(int fd, const char *p, size_t len)
     return rc;
 }
 
-int mproc_write_all(int fd, const void *buf, size_t len)
+/* Sockets honour the deadline even when blocking (MSG_DONTWAIT + poll); other
+ * fds honour it only when they are non-blocking. */
+int mproc__write_all_until(int fd, const void *buf, size_t len, mproc_deadline d)
 {
     const char *p = buf;
+    int flags = MSG_NOSIGNAL | (d.ns == INT64_MAX ? 0 : MSG_DONTWAIT);
     while (len > 0) {
         /* send(MSG_NOSIGNAL) on sockets; anything else takes the masked path. */
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        ssize_t n = send(fd, p, len, flags);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == ENOTSOCK)
-                return write_all_nosigpipe(fd, p, len);
-            if (errno == EAGAIN) { /* non-blocking fd: wait until writable */
-                int rc = mproc_wait_fd(fd, POLLOUT, MPROC_FOREVER);
+                return write_all_nosigpipe(fd, p, len, d);
+            if (errno == EAGAIN) { /* full: wait until writable, within the deadline */
+                int rc = mproc_wait_fd(fd, POLLOUT, mproc_deadline_remaining(d));
                 if (rc < 0)
                     return rc;
                 continue;
@@ -67,6 +71,11 @@ int mproc_write_all(int fd, const void *buf, size_t len)
         len -= (size_t)n;
     }
     return 0;
+}
+
+int mproc_write_all(int fd, const void *buf, size_t len)
+{
+    return mproc__write_all_until(fd, buf, len, mproc_deadline_after(MPROC_FOREVER));
 }
 
 ssize_t mproc_read_some(int fd, void *buf, size_t len)
@@ -152,6 +161,12 @@ int mproc_fd_set_nonblock(int fd, bool on)
 
 int mproc_send_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
+    return mproc__send_fds_until(sock, buf, len, fds, nfds, mproc_deadline_after(MPROC_FOREVER));
+}
+
+int mproc__send_fds_until(int sock, const void *buf, size_t len, const int *fds, size_t nfds,
+                          mproc_deadline d)
+{
     if (len == 0 || nfds > MPROC_MAX_FDS)
         return mproc__fail(MPROC_EINVAL, "send_fds: need >= 1 byte and <= %d fds", MPROC_MAX_FDS);
     union {
@@ -170,14 +185,22 @@ int mproc_send_fds(int sock, const void *buf, size_t len, const int *fds, size_t
         c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
     }
+    int flags = MSG_NOSIGNAL | (d.ns == INT64_MAX ? 0 : MSG_DONTWAIT);
     ssize_t n;
-    do
-        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return mproc__errno();
+    for (;;) {
+        n = sendmsg(sock, &msg, flags);
+        if (n >= 0)
+            break;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            return mproc__errno();
+        int rc = mproc_wait_fd(sock, POLLOUT, mproc_deadline_remaining(d));
+        if (rc < 0)
+            return rc;
+    }
     /* The fds went with the first byte; the rest is plain data. */
-    return mproc_write_all(sock, (const char *)buf + n, len - (size_t)n);
+    return mproc__write_all_until(sock, (const char *)buf + n, len - (size_t)n, d);
 }
 
 static void close_all(int *fds, size_t n)

@@ -16,17 +16,25 @@
 
 /* Client side: one control socket per process (a fork child starts its own). */
 static pthread_mutex_t fs_mu = PTHREAD_MUTEX_INITIALIZER;
-static int fs_ctrl = -1;
+static int fs_ctrl = -1, fs_pidfd = -1; /* the server is our child: kill/reap by pidfd */
 static pid_t fs_pid, fs_owner;
 
-void mproc__forkserver_atfork_child(void)
+void mproc__forkserver_atfork(int phase)
 {
     static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    fs_mu = fresh;
-    if (fs_ctrl >= 0)
-        close(fs_ctrl);
-    fs_ctrl = -1;
-    fs_pid = fs_owner = 0;
+    if (phase == 0) {
+        pthread_mutex_lock(&fs_mu);
+    } else if (phase == 1) {
+        pthread_mutex_unlock(&fs_mu);
+    } else { /* the child starts its own server if it needs one */
+        fs_mu = fresh;
+        if (fs_ctrl >= 0)
+            close(fs_ctrl);
+        if (fs_pidfd >= 0)
+            close(fs_pidfd);
+        fs_ctrl = fs_pidfd = -1;
+        fs_pid = fs_owner = 0;
+    }
 }
 
 static void fs_drop_locked(void)
@@ -34,14 +42,20 @@ static void fs_drop_locked(void)
     if (fs_ctrl >= 0)
         close(fs_ctrl);
     fs_ctrl = -1;
-    if (fs_pid > 0 && fs_owner == getpid()) {
-        kill(fs_pid, SIGKILL);
-        waitpid(fs_pid, NULL, 0);
+    if (fs_pidfd >= 0) {
+        mproc__pidfd_signal(fs_pidfd, SIGKILL);
+        siginfo_t si;
+        while (waitid(P_PIDFD, (id_t)fs_pidfd, &si, WEXITED) < 0 && errno == EINTR)
+            ;
+        close(fs_pidfd);
     }
+    fs_pidfd = -1;
     fs_pid = 0;
 }
 
-static int fs_ensure_locked(void)
+/* Launch a server and wait (bounded) for its hello, sent from mproc_init(): a
+ * main() that never gets there, or returns without it, is reported here. */
+static int fs_ensure_locked(double timeout)
 {
     if (fs_ctrl >= 0 && fs_owner == getpid())
         return 0;
@@ -58,17 +72,43 @@ static int fs_ensure_locked(void)
     fs_ctrl = sv[0];
     fs_pid = pid;
     fs_owner = getpid();
+    fs_pidfd = mproc__pidfd_open(pid);
+    uint32_t type = 0;
+    uint8_t *body = NULL;
+    size_t len = 0, n;
+    rc = mproc__msg_recv(fs_ctrl, &type, &body, &len, NULL, 0, &n, timeout);
+    if (rc == 0 && type != MPROC__MSG_READY) {
+        mproc_reader r = {body, body + len};
+        uint32_t code = 0;
+        char *text = NULL;
+        if (type == MPROC__MSG_ERROR && mproc__get_u32(&r, &code) == 0 &&
+            mproc__get_str(&r, &text) == 0)
+            rc = mproc__fail((int)code, "fork server could not start: %s", text);
+        else
+            rc = mproc__fail(MPROC_EPROTO, "fork server sent message %u instead of hello", type);
+        free(text);
+    } else if (rc == MPROC_ETIMEDOUT) {
+        rc = mproc__fail(rc, "fork server did not start within %g s (its main() must call "
+                             "mproc_init() first); it was killed", timeout);
+    } else if (rc) {
+        rc = mproc__fail(MPROC_ECHILD, "fork server exited during start-up");
+    }
+    free(body);
+    if (rc) {
+        fs_drop_locked();
+        return rc;
+    }
     mproc_log(MPROC_LOG_DEBUG, "fork server started (pid %d)", (int)pid);
     return 0;
 }
 
 /* Hand `child_end` to the server; retried once with a fresh server if it died. */
-static int fs_request(int child_end)
+static int fs_request(int child_end, double timeout)
 {
     int rc = 0;
     pthread_mutex_lock(&fs_mu);
     for (int attempt = 0; attempt < 2; attempt++) {
-        rc = fs_ensure_locked();
+        rc = fs_ensure_locked(timeout);
         if (rc)
             break;
         rc = mproc__msg_send(fs_ctrl, MPROC__MSG_SPAWN, NULL, 0, &child_end, 1);
@@ -86,7 +126,7 @@ int mproc__forkserver_status(int fd, int *code)
     uint32_t type, c;
     uint8_t *body;
     size_t len, n;
-    int rc = mproc__msg_recv(fd, &type, &body, &len, NULL, 0, &n, 5.0);
+    int rc = mproc__msg_recv(fd, &type, &body, &len, NULL, 0, &n, 1.0);
     if (rc)
         return rc;
     mproc_reader r = {body, body + len};
@@ -105,7 +145,7 @@ int mproc__start_forkserver(mproc_process *p)
     int sv[2], pidfd = -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return mproc__fail(mproc__errno(), "forkserver: socketpair failed");
-    int rc = fs_request(sv[1]);
+    int rc = fs_request(sv[1], p->start_timeout);
     close(sv[1]);
     if (rc) {
         close(sv[0]);
@@ -195,10 +235,11 @@ static void fs_fork(int boot, kid **kids, size_t *n, size_t *cap)
 static void fs_reap(kid *k)
 {
     siginfo_t si;
-    memset(&si, 0, sizeof si);
+    memset(&si, 0, sizeof si); /* si_pid stays 0 if waitid fails */
     while (waitid(P_PIDFD, (id_t)k->pidfd, &si, WEXITED) < 0 && errno == EINTR)
         ;
-    int code = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
+    int code = si.si_pid == 0 ? 255 /* could not reap */
+               : si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
     mproc_buf b = {0};
     mproc__put_u32(&b, (uint32_t)code);
     mproc__msg_send(k->boot, MPROC__MSG_EXIT, b.data, b.len, NULL, 0);
@@ -211,6 +252,9 @@ void mproc__forkserver_main(int ctrl)
 {
     snprintf(mproc__self.name, sizeof mproc__self.name, "ForkServer");
     signal(SIGINT, SIG_IGN); /* Ctrl-C is for the program; we leave when it closes ctrl */
+    signal(SIGCHLD, SIG_DFL); /* an inherited SIG_IGN would make exit codes unknowable */
+    if (mproc__msg_send(ctrl, MPROC__MSG_READY, NULL, 0, NULL, 0) != 0)
+        _exit(0); /* hello: mproc_init() was reached */
     kid *kids = NULL;
     size_t n = 0, cap = 0;
     struct pollfd *pfd = NULL;

@@ -56,9 +56,11 @@ static void reg_remove(mproc_process *p)
 static size_t reg_snapshot(mproc_process ***out)
 {
     *out = NULL;
-    if (!reg_head)
-        return 0; /* racy peek is fine: callers only want "nothing to do" fast */
     pthread_mutex_lock(&reg_mu);
+    if (!reg_head) {
+        pthread_mutex_unlock(&reg_mu);
+        return 0;
+    }
     size_t n = 0;
     for (mproc_process *p = reg_head; p; p = p->next)
         n++;
@@ -71,13 +73,21 @@ static size_t reg_snapshot(mproc_process ***out)
     return v ? k : 0;
 }
 
+/* Lock order (outermost first): reg_mu, fs_mu, tr_mu, exe_mu. Holding them all
+ * across fork() means the child never inherits a lock taken mid-update. */
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&reg_mu);
+    mproc__forkserver_atfork(0);
+    mproc__tracker_atfork(0);
+    mproc__context_atfork(0);
 }
 
 static void atfork_parent(void)
 {
+    mproc__context_atfork(1);
+    mproc__tracker_atfork(1);
+    mproc__forkserver_atfork(1);
     pthread_mutex_unlock(&reg_mu);
 }
 
@@ -91,12 +101,14 @@ static void atfork_child(void)
     if (parent_proc.pidfd >= 0)
         close(parent_proc.pidfd);
     parent_proc.pidfd = -1;
-    mproc__forkserver_atfork_child();
-    mproc__tracker_atfork_child();
+    mproc__forkserver_atfork(2);
+    mproc__tracker_atfork(2);
+    mproc__context_atfork(2);
 }
 
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void atfork_install(void)
+/* Installed when the library loads, so even fork()s the library did not make
+ * (popen, a user's fork) never leave a library lock held in the child. */
+__attribute__((constructor)) static void atfork_install(void)
 {
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
@@ -118,10 +130,11 @@ int mproc_process_new(mproc_process **out, mproc_target_fn target, const mproc_a
     p->target = target;
     p->daemon = opts->daemon;
     p->ctx = opts->ctx;
-    p->start_timeout = opts->start_timeout > 0 ? opts->start_timeout : 60.0;
+    p->start_timeout = opts->start_timeout == 0 ? 60.0 : opts->start_timeout; /* <0: forever */
     p->pidfd = p->status_fd = -1;
     p->exitcode = MPROC_EXITCODE_NONE;
-    p->method = mproc_context_start_method(opts->ctx);
+    p->method = MPROC_START_DEFAULT; /* resolved by start(), as Python does */
+    pthread_mutex_init(&p->mu, NULL);
     unsigned n = atomic_fetch_add(&mproc__self.child_counter, 1) + 1;
     int k = mproc__self.identity[0]
                 ? snprintf(p->identity, sizeof p->identity, "%s:%u", mproc__self.identity, n)
@@ -162,40 +175,52 @@ static int code_of(const siginfo_t *si)
     return si->si_code == CLD_EXITED ? si->si_status : -si->si_status;
 }
 
+/* The object's fds stay open until close(): another thread may be polling them,
+ * and closing early would let that number be reused under its feet. */
 static void finish(mproc_process *p, int code)
 {
     p->exitcode = code;
     p->state = PS_DONE;
-    if (p->status_fd >= 0) {
-        close(p->status_fd);
-        p->status_fd = -1;
-    }
 }
 
-/* Non-blocking check; true if the child has ended (and is reaped). */
-static bool poll_child(mproc_process *p)
+/* Fork-server children: the server reaps them and sends the status on the boot
+ * socket. Once the pidfd says "ended" the status follows at once, so wait for it
+ * briefly: a readable sentinel always means the exit code is known. */
+static bool poll_forkserver_child(mproc_process *p)
+{
+    if (mproc_wait_fd(p->status_fd, POLLIN, 0) != 0) {
+        if (mproc_wait_fd(p->pidfd, POLLIN, 0) != 0)
+            return false; /* still running */
+        if (mproc_wait_fd(p->status_fd, POLLIN, 2.0) != 0) {
+            mproc_log(MPROC_LOG_WARNING, "fork server is not reporting; exit status of %s (pid %d) "
+                      "is unknown", p->name, (int)p->pid);
+            finish(p, 255);
+            return true;
+        }
+    }
+    int code = 0;
+    int rc = mproc__forkserver_status(p->status_fd, &code);
+    if (rc == MPROC_ECLOSED) {
+        /* The fork server died: we still know when the child ends, not how. */
+        if (mproc_wait_fd(p->pidfd, POLLIN, 0) != 0)
+            return false;
+        mproc_log(MPROC_LOG_WARNING, "fork server died; exit status of %s (pid %d) is unknown",
+                  p->name, (int)p->pid);
+        code = 255;
+    } else if (rc < 0) {
+        return false;
+    }
+    finish(p, code);
+    return true;
+}
+
+/* Non-blocking check; true if the child has ended (and is reaped). Callers hold p->mu. */
+static bool poll_child_locked(mproc_process *p)
 {
     if (p->state != PS_RUNNING)
         return p->state == PS_DONE;
-    if (p->method == MPROC_START_FORKSERVER) {
-        /* The fork server reaps it and sends the status on the boot socket. */
-        if (mproc_wait_fd(p->status_fd, POLLIN, 0) != 0)
-            return false;
-        int code = 0;
-        int rc = mproc__forkserver_status(p->status_fd, &code);
-        if (rc == MPROC_ECLOSED) {
-            /* The fork server died: we still know when the child ends, not how. */
-            if (mproc_wait_fd(p->pidfd, POLLIN, 0) != 0)
-                return false;
-            mproc_log(MPROC_LOG_WARNING, "fork server died; exit status of %s (pid %d) is unknown",
-                      p->name, (int)p->pid);
-            code = 255;
-        } else if (rc < 0) {
-            return false;
-        }
-        finish(p, code);
-        return true;
-    }
+    if (p->method == MPROC_START_FORKSERVER)
+        return poll_forkserver_child(p);
     siginfo_t si;
     memset(&si, 0, sizeof si);
     int r;
@@ -218,6 +243,16 @@ static bool poll_child(mproc_process *p)
     return true;
 }
 
+/* Objects may be polled by other threads (active_children, the sweep in start),
+ * so reaping happens under the object's own lock: one waitid, one close. */
+static bool poll_child(mproc_process *p)
+{
+    pthread_mutex_lock(&p->mu);
+    bool done = poll_child_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    return done;
+}
+
 int mproc_process_join(mproc_process *p, double timeout)
 {
     int rc = require_child(p, "join");
@@ -230,18 +265,12 @@ int mproc_process_join(mproc_process *p, double timeout)
         return mproc_wait_fd(fd, POLLIN, timeout);
     }
     if (timeout < 0 && p->method != MPROC_START_FORKSERVER && p->state == PS_RUNNING) {
-        /* Unbounded join of a direct child: one blocking waitid does it all. */
+        /* Unbounded join of a direct child: block in waitid without reaping
+         * (WNOWAIT), then reap under the lock like every other path. */
         siginfo_t si;
         memset(&si, 0, sizeof si);
-        int r;
-        do
-            r = waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED);
-        while (r < 0 && errno == EINTR);
-        if (r == 0 && si.si_pid != 0) {
-            finish(p, code_of(&si));
-            return 0;
-        }
-        /* ECHILD (reaped elsewhere) falls through to the general path */
+        while (waitid(P_PIDFD, (id_t)p->pidfd, &si, WEXITED | WNOWAIT) < 0 && errno == EINTR)
+            ;
     }
     mproc_deadline d = mproc_deadline_after(timeout);
     while (!poll_child(p)) {
@@ -345,7 +374,13 @@ bool mproc_process_daemon(const mproc_process *p)
 
 mproc_start_method mproc_process_start_method(const mproc_process *p)
 {
-    return p && p->kind == PK_CHILD ? p->method : MPROC_START_DEFAULT;
+    if (!p || p->kind != PK_CHILD)
+        return MPROC_START_DEFAULT;
+    if (p->state == PS_NEW) /* what start() would use now */
+        return p->ctx && mproc_context_start_method(p->ctx) != MPROC_START_DEFAULT
+                   ? mproc_context_start_method(p->ctx)
+                   : mproc_get_start_method();
+    return p->method;
 }
 
 int mproc_process_close(mproc_process *p)
@@ -364,6 +399,7 @@ int mproc_process_close(mproc_process *p)
     if (p->status_fd >= 0)
         close(p->status_fd);
     mproc_args_free(p->args);
+    pthread_mutex_destroy(&p->mu);
     free(p->name);
     free(p);
     return 0;
@@ -415,16 +451,26 @@ int mproc_active_children(mproc_process ***out, size_t *n)
 {
     if (!out || !n)
         return MPROC_EINVAL;
-    mproc_process **v;
-    size_t k = reg_snapshot(&v), live = 0;
-    if (!v && reg_head)
-        return MPROC_ENOMEM;
-    for (size_t i = 0; i < k; i++)
-        if (!poll_child(v[i]))
-            v[live++] = v[i];
+    mproc_process **v = NULL;
+    size_t live = 0;
+    int rc = 0;
+    pthread_mutex_lock(&reg_mu);
+    size_t k = 0;
+    for (mproc_process *p = reg_head; p; p = p->next)
+        k++;
+    if (k && !(v = malloc(k * sizeof *v)))
+        rc = MPROC_ENOMEM;
+    for (mproc_process *p = reg_head; v && p; p = p->next)
+        if (!poll_child(p))
+            v[live++] = p;
+    pthread_mutex_unlock(&reg_mu);
+    if (live == 0) {
+        free(v);
+        v = NULL;
+    }
     *out = v;
     *n = live;
-    return 0;
+    return rc;
 }
 
 int mproc_cpu_count(void)
@@ -441,13 +487,14 @@ int mproc_cpu_count(void)
 
 /* ------------------------------------------------------------ starting */
 
+/* Reap children that ended without being joined (Python's _cleanup()). Under
+ * reg_mu, so a concurrent close() cannot free an object we are polling. */
 static void sweep_finished(void)
 {
-    mproc_process **v;
-    size_t k = reg_snapshot(&v);
-    for (size_t i = 0; i < k; i++)
-        poll_child(v[i]);
-    free(v);
+    pthread_mutex_lock(&reg_mu);
+    for (mproc_process *p = reg_head; p; p = p->next)
+        poll_child(p);
+    pthread_mutex_unlock(&reg_mu);
 }
 
 /* Become the child: identity, stdin, then run the target and exit. */
@@ -503,12 +550,21 @@ static int start_fork(mproc_process *p)
         mproc__run_target(p->target, args);
     }
     int fd = mproc__pidfd_open(pid);
+    p->pid = pid;
+    if (fd == MPROC_ESRCH) {
+        /* Already ended and reaped by the kernel (SIGCHLD is SIG_IGN): the pid may
+         * be reused, so never signal it; the exit status is gone. */
+        mproc_log(MPROC_LOG_WARNING, "%s (pid %d) ended before it could be watched (SIGCHLD "
+                  "ignored?); exit code unknown", p->name, (int)pid);
+        p->state = PS_DONE;
+        p->exitcode = 255;
+        return 0;
+    }
     if (fd < 0) {
-        kill(pid, SIGKILL);
+        kill(pid, SIGKILL); /* still our unreaped child: the pid cannot be reused yet */
         waitpid(pid, NULL, 0);
         return mproc__fail(fd, "pidfd_open failed");
     }
-    p->pid = pid;
     p->pidfd = fd;
     return 0;
 }
@@ -519,6 +575,7 @@ int mproc_process_start(mproc_process *p)
         return mproc__fail(MPROC_EINVAL, "start: not a process object");
     if (p->state != PS_NEW)
         return mproc__fail(MPROC_ESTATE, "start: %s can only be started once", p->name);
+    p->method = mproc_context_start_method(p->ctx);
     if (mproc__self.daemon)
         return mproc__fail(MPROC_ESTATE, "start: daemonic processes are not allowed to have children");
     if (atomic_load(&mproc__bootstrapping))
@@ -530,7 +587,6 @@ int mproc_process_start(mproc_process *p)
                            "start: the %s start method re-executes the program, which must call "
                            "mproc_init(&argc, &argv) at the top of main()",
                            mproc_start_method_name(p->method));
-    pthread_once(&atfork_once, atfork_install);
     mproc__atexit_install();
     sweep_finished();
     int rc;
@@ -547,7 +603,8 @@ int mproc_process_start(mproc_process *p)
     mproc_args_free(p->args);
     p->args = NULL;
     p->owner = getpid();
-    p->state = PS_RUNNING;
+    if (p->state == PS_NEW)
+        p->state = PS_RUNNING;
     reg_add(p);
     mproc_log(MPROC_LOG_DEBUG, "started %s (pid %d) with %s", p->name, (int)p->pid,
               mproc_start_method_name(p->method));
@@ -568,12 +625,16 @@ void mproc__exit_handler(void)
             mproc_log(MPROC_LOG_INFO, "calling terminate() for daemon %s", v[i]->name);
             mproc_process_terminate(v[i]);
         }
+    mproc_deadline grace = mproc_deadline_after(2.0); /* one grace period for all daemons */
     for (size_t i = 0; i < k; i++) {
         if (!mproc_process_is_alive(v[i]))
             continue;
         mproc_log(MPROC_LOG_INFO, "calling join() for process %s", v[i]->name);
-        if (v[i]->daemon && mproc_process_join(v[i], 2.0) == MPROC_ETIMEDOUT)
+        if (v[i]->daemon &&
+            mproc_process_join(v[i], mproc_deadline_remaining(grace)) == MPROC_ETIMEDOUT) {
+            mproc_log(MPROC_LOG_WARNING, "daemon %s ignored SIGTERM; killing it", v[i]->name);
             mproc_process_kill(v[i]);
+        }
         mproc_process_join(v[i], MPROC_FOREVER);
     }
     free(v);

@@ -19,7 +19,9 @@ struct mproc_process {
     const mproc_context *ctx;
     mproc_start_method method;
     double start_timeout;
-    /* lifecycle, touched by the owning process only */
+    /* lifecycle, touched by the owning process only, under mu (other threads
+     * may poll the object through active_children or the sweep in start) */
+    pthread_mutex_t mu;
     int state;
     pid_t owner;     /* the process that started it; others may not join it */
     pid_t pid;

@@ -162,13 +162,18 @@ int mproc__boot_child(mproc_process *p, int fd)
         mproc__buf_free(&b);
         return rc;
     }
-    rc = mproc__msg_send(fd, MPROC__MSG_BOOT, b.data, b.len, fds, nfds);
+    /* Bounded too: a child stuck before mproc_init never drains a large BOOT. */
+    mproc_deadline d = mproc_deadline_after(p->start_timeout);
+    rc = mproc__msg_send_until(fd, MPROC__MSG_BOOT, b.data, b.len, fds, nfds, d);
     mproc__buf_free(&b);
-    /* A send error means the child is already gone; its reply (or EOF) says why. */
+    if (rc == MPROC_ETIMEDOUT)
+        return mproc__fail(rc, "%s did not start within %g s (its main() must call mproc_init() "
+                               "first); it was killed", p->name, p->start_timeout);
+    /* Another send error means the child is already gone; its reply (or EOF) says why. */
     uint32_t type;
     uint8_t *body = NULL;
     size_t len, n;
-    int rc2 = mproc__msg_recv(fd, &type, &body, &len, NULL, 0, &n, p->start_timeout);
+    int rc2 = mproc__msg_recv(fd, &type, &body, &len, NULL, 0, &n, mproc_deadline_remaining(d));
     if (rc2 == MPROC_ETIMEDOUT)
         return mproc__fail(rc2, "%s did not start within %g s (its main() must call mproc_init() "
                                 "first); it was killed", p->name, p->start_timeout);

@@ -13,6 +13,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -29,10 +30,19 @@ static int tr_fd = -1;
 static char tr_addr[96];
 static pid_t tr_pid;
 
-void mproc__tracker_atfork_child(void)
+static bool tr_is_child; /* we launched it, so we reap it if it dies */
+
+void mproc__tracker_atfork(int phase)
 {
     static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    tr_mu = fresh;
+    if (phase == 0)
+        pthread_mutex_lock(&tr_mu);
+    else if (phase == 1)
+        pthread_mutex_unlock(&tr_mu);
+    else {
+        tr_mu = fresh;
+        tr_is_child = false; /* the tracker is our parent's child, not ours */
+    }
 }
 
 static socklen_t make_addr(struct sockaddr_un *sa, const char *name)
@@ -87,6 +97,7 @@ static int start_locked(void)
         return rc;
     snprintf(tr_addr, sizeof tr_addr, "%s", name);
     tr_pid = pid;
+    tr_is_child = true;
     rc = connect_locked();
     if (rc)
         return mproc__fail(rc, "tracker: cannot connect to @%s", name);
@@ -133,6 +144,7 @@ void mproc__tracker_adopt(const char *address, pid_t pid)
     if (tr_fd >= 0)
         close(tr_fd);
     tr_fd = -1;
+    tr_is_child = false;
     snprintf(tr_addr, sizeof tr_addr, "%s", address);
     tr_pid = pid;
     pthread_mutex_unlock(&tr_mu);
@@ -173,6 +185,9 @@ static int send_record(char op, const char *type, const char *name, int fd)
         close(tr_fd);
         tr_fd = -1;
         tr_addr[0] = 0;
+        if (tr_is_child) /* it is gone: do not leave it a zombie */
+            waitpid(tr_pid, NULL, WNOHANG);
+        tr_is_child = false;
     }
     pthread_mutex_unlock(&tr_mu);
     return rc;
