@@ -25,7 +25,7 @@ extern "C" {
  * ordinary program it records argv (spawned children get the same argv) and
  * returns 0. Programs that only use fork may skip it; spawn and forkserver
  * refuse to start (MPROC_ENOINIT) until it has been called. argc/argv may be NULL. */
-int mproc_init(int *argc, char ***argv);
+int mproc_init(int *argc, char ***argv); /* 0, or MPROC_ENOMEM copying argv */
 
 /* --------------------------------------------------------- start methods */
 
@@ -63,7 +63,8 @@ mproc_start_method mproc_context_start_method(const mproc_context *ctx);
 /* Program re-executed by spawn and the fork server, like
  * multiprocessing.set_executable(). NULL restores the default, /proc/self/exe
  * (the very binary that is running, even if the file was replaced on disk).
- * The path is copied. MPROC_ENOENT if it is not an executable file. */
+ * The path is copied. MPROC_ENOENT (no such file) or MPROC_EACCES (not
+ * executable). A running fork server keeps the binary it was started from. */
 int mproc_set_executable(const char *path);
 
 /* ----------------------------------------------------- shareable objects */
@@ -86,9 +87,10 @@ int mproc_buf_append(mproc_buf *b, const void *data, size_t len);
  * or one of its shared libraries. */
 typedef struct mproc_shareable_type {
     const char *name;  /* unique, e.g. "mproc.fd"; checked in the child */
-    /* Describe `obj` as bytes (append to `out`) and descriptors (append up to
-     * `max_fds` to fds[*nfds], incrementing *nfds). The fds stay owned by the
-     * object; they are duplicated into the child. 0 or a negative code. */
+    /* Describe `obj` as bytes (append to `out`) and descriptors: store them in
+     * fds[0], fds[1], ... counting in *nfds (which starts at 0), never more than
+     * `max_fds`. The fds stay owned by the object; the child gets duplicates.
+     * 0 or a negative code (start() fails with it). */
     int (*export_obj)(const void *obj, mproc_buf *out, int *fds, size_t *nfds, size_t max_fds);
     /* Build the object in the child from `data` and `fds`. On success the new
      * object owns the fds; on failure the library closes them. 0 or a negative code. */
@@ -174,8 +176,9 @@ typedef struct mproc_process_opts {
     const char *name;          /* copied; default "Process-N" (N per parent, "1:2" nested) */
     bool daemon;               /* terminated when the parent exits; may not start children */
     const mproc_context *ctx;  /* start method; NULL = default context */
-    double start_timeout;      /* spawn/forkserver: max wait for the child to be running
-                                  (0 = default 60 s); the child is killed if it expires */
+    double start_timeout;      /* spawn/forkserver: bound on each start-up stage (server
+                                  hello, fork, BOOT handshake); 0 = 60 s, negative = no
+                                  bound. On expiry the child (or server) is killed. */
 } mproc_process_opts;
 
 /* Exit code value meaning "has not exited yet". */
@@ -192,15 +195,19 @@ int mproc_process_new(mproc_process **out, mproc_target_fn target, const mproc_a
 
 /* Start the child. Under spawn and forkserver this returns once the child has
  * resolved its target and is about to run it, so launch problems come back
- * here: MPROC_ENOINIT (mproc_init() missing), MPROC_EBUILDID (the child runs a
- * different binary), MPROC_ETIMEDOUT (start_timeout), MPROC_ESTATE (already
- * started, or called from a daemon process), MPROC_EPROTO, or -errno from
- * fork/exec. mproc_errmsg() has the detail. */
+ * here: MPROC_ENOINIT (mproc_init() missing, in this program, the child or the
+ * fork server), MPROC_EBUILDID (the child runs a different binary),
+ * MPROC_ETIMEDOUT (start_timeout), MPROC_ECHILD (the child exited during
+ * start-up), MPROC_ESTATE (already started, or called from a daemon process),
+ * MPROC_EPROTO, a shareable type's export error, or -errno from fork/exec.
+ * mproc_errmsg() has the detail. The start method is resolved here (as in
+ * Python), from opts.ctx or the global default at this moment. */
 int mproc_process_start(mproc_process *p);
 
 /* Wait up to `timeout` seconds for the child to end and reap it. Returns 0 if
  * it has ended (see mproc_process_exitcode), MPROC_ETIMEDOUT if still running,
- * MPROC_ESTATE if never started or if p is the current process. */
+ * MPROC_ESTATE if never started, if p is the current process, or if the
+ * calling process is not the one that started it. Thread-safe per object. */
 int mproc_process_join(mproc_process *p, double timeout);
 
 /* true while the child has started and not yet ended (reaps it if it has). */
@@ -208,14 +215,19 @@ bool mproc_process_is_alive(mproc_process *p);
 
 /* Exit code: the target's return value or exit() status, or the negated signal
  * number if a signal killed it (-9 for SIGKILL, like Python). MPROC_EXITCODE_NONE
- * while running or before start. Does not block. */
+ * while running or before start. 255 when the status was lost (the fork server
+ * died, or SIGCHLD is ignored so the kernel reaped it). Does not wait for the
+ * child; for a fork-server child that has just ended it waits (at most ~2 s)
+ * for the server's report, so that it never says "running" after the end. */
 int mproc_process_exitcode(mproc_process *p);
 
 /* Process id (0 before start). */
 pid_t mproc_process_pid(const mproc_process *p);
 
-/* A pidfd that becomes readable (POLLIN) when the child ends; -1 before start.
- * Owned by the process object: poll it, do not close it. */
+/* A pidfd that becomes readable (POLLIN) when the child ends; once it is,
+ * exitcode() is known without joining. -1 before start (and in the rare case a
+ * fork child ended before it could be watched: then exitcode is already set).
+ * Owned by the process object until close(): poll it, do not close it. */
 int mproc_process_sentinel(const mproc_process *p);
 
 /* Send SIGTERM / SIGKILL (through the pidfd, so never to a recycled pid).
@@ -232,7 +244,8 @@ mproc_start_method mproc_process_start_method(const mproc_process *p);
 
 /* Release the object, like Process.close(): MPROC_ESTATE (and nothing happens)
  * if the child is still running; join or kill it first. NULL is ok (returns 0).
- * Never close the objects returned by mproc_current_process/mproc_parent_process. */
+ * The objects of mproc_current_process/mproc_parent_process are static:
+ * closing them gives MPROC_EINVAL. */
 int mproc_process_close(mproc_process *p);
 
 /* The current process (name "MainProcess" in the program, the child's name in a

@@ -279,14 +279,17 @@ int mproc__args_export(const mproc_args *a, mproc_buf *b, int *fds, size_t *nfds
             rc = mproc__modref_put(b, t);
             if (!rc)
                 rc = mproc__put_str(b, t->name);
-            if (!rc) {
-                rc = t->export_obj(x->u.o.obj, &data, fds, nfds, MPROC_MAX_FDS);
+            size_t room = MPROC_MAX_FDS - first, k = 0;
+            if (!rc) { /* the exporter sees only the free slots */
+                rc = t->export_obj(x->u.o.obj, &data, fds + first, &k, room);
                 if (rc)
                     rc = mproc__fail(rc, "args: exporting a '%s' failed: %s", t->name,
                                      mproc_strerror(rc));
             }
-            if (!rc && *nfds > MPROC_MAX_FDS)
+            if (!rc && k > room)
                 rc = mproc__fail(MPROC_EINVAL, "args: '%s' exported too many fds", t->name);
+            if (!rc)
+                *nfds = first + k;
             if (!rc)
                 rc = mproc__put_blob(b, data.data, data.len);
             if (!rc)
