@@ -156,6 +156,18 @@ _Noreturn void mproc__forkserver_main(int ctrl_fd);
 /* pthread_atfork phases for each layer's lock: 0 prepare (lock), 1 parent
  * (unlock), 2 child (reset). See the table in docs/design.md. */
 void mproc__forkserver_atfork(int phase);
+/* The shared part of those: lock (0), unlock (1) or reset (2) `mu`; true in the child. */
+static inline bool mproc__mutex_atfork(pthread_mutex_t *mu, int phase)
+{
+    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    if (phase == 0)
+        pthread_mutex_lock(mu);
+    else if (phase == 1)
+        pthread_mutex_unlock(mu);
+    else
+        *mu = fresh; /* a plain store: no libc call in every fork child */
+    return phase == 2;
+}
 void mproc__tracker_atfork(int phase);
 void mproc__context_atfork(int phase);
 

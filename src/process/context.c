@@ -89,13 +89,7 @@ int mproc_set_executable(const char *path)
 
 void mproc__context_atfork(int phase)
 {
-    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    if (phase == 0)
-        pthread_mutex_lock(&exe_mu);
-    else if (phase == 1)
-        pthread_mutex_unlock(&exe_mu);
-    else
-        exe_mu = fresh;
+    mproc__mutex_atfork(&exe_mu, phase);
 }
 
 void mproc__executable(char *buf, size_t len)

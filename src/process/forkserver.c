@@ -21,13 +21,7 @@ static pid_t fs_pid, fs_owner;
 
 void mproc__forkserver_atfork(int phase)
 {
-    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    if (phase == 0) {
-        pthread_mutex_lock(&fs_mu);
-    } else if (phase == 1) {
-        pthread_mutex_unlock(&fs_mu);
-    } else { /* the child starts its own server if it needs one */
-        fs_mu = fresh;
+    if (mproc__mutex_atfork(&fs_mu, phase)) { /* the child starts its own server if needed */
         if (fs_ctrl >= 0)
             close(fs_ctrl);
         if (fs_pidfd >= 0)

@@ -77,7 +77,7 @@ static size_t reg_snapshot(mproc_process ***out)
  * across fork() means the child never inherits a lock taken mid-update. */
 static void atfork_prepare(void)
 {
-    pthread_mutex_lock(&reg_mu);
+    mproc__mutex_atfork(&reg_mu, 0);
     mproc__forkserver_atfork(0);
     mproc__tracker_atfork(0);
     mproc__context_atfork(0);
@@ -88,15 +88,14 @@ static void atfork_parent(void)
     mproc__context_atfork(1);
     mproc__tracker_atfork(1);
     mproc__forkserver_atfork(1);
-    pthread_mutex_unlock(&reg_mu);
+    mproc__mutex_atfork(&reg_mu, 1);
 }
 
 /* Runs in every fork child of the program, so it must be cheap: plain stores,
  * no libc calls that the child would have to bind lazily. */
 static void atfork_child(void)
 {
-    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    reg_mu = fresh;
+    mproc__mutex_atfork(&reg_mu, 2);
     reg_head = NULL;
     if (parent_proc.pidfd >= 0)
         close(parent_proc.pidfd);

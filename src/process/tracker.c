@@ -34,15 +34,8 @@ static bool tr_is_child; /* we launched it, so we reap it if it dies */
 
 void mproc__tracker_atfork(int phase)
 {
-    static const pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    if (phase == 0)
-        pthread_mutex_lock(&tr_mu);
-    else if (phase == 1)
-        pthread_mutex_unlock(&tr_mu);
-    else {
-        tr_mu = fresh;
+    if (mproc__mutex_atfork(&tr_mu, phase))
         tr_is_child = false; /* the tracker is our parent's child, not ours */
-    }
 }
 
 static socklen_t make_addr(struct sockaddr_un *sa, const char *name)
