@@ -5,5 +5,6 @@
 
 #include "mproc/core.h"
 #include "mproc/process.h"
+#include "mproc/shm.h"
 
 #endif

@@ -164,6 +164,19 @@ static int t_create_leak_and_keep(mproc_args *a)
     return mproc_write_all(mproc_args_fd(a, 0), msg, (size_t)n + 1) ? 4 : 0;
 }
 
+static int t_shm_create_and_hang(mproc_args *a)
+{
+    mproc_shm *s;
+    char msg[128];
+    if (mproc_shm_open(&s, NULL, true, 8192))
+        return 2;
+    int n = snprintf(msg, sizeof msg, "%d %s", (int)mproc_tracker_pid(), mproc_shm_name(s));
+    if (mproc_write_all(mproc_args_fd(a, 0), msg, (size_t)n + 1))
+        return 3;
+    for (;;)
+        pause(); /* until the test SIGKILLs the whole tree */
+}
+
 static int tracker_mode(mproc_target_fn fn)
 {
     mproc_args *a = mproc_args_new();
@@ -263,6 +276,8 @@ int main(int argc, char **argv)
         return exit_handler_mode();
     if (strcmp(mode, "tracker_kill") == 0)
         return tracker_mode(t_create_and_hang);
+    if (strcmp(mode, "shm_kill") == 0)
+        return tracker_mode(t_shm_create_and_hang);
     if (strcmp(mode, "tracker_exit") == 0)
         return tracker_mode(t_create_leak_and_keep);
     return 0;

@@ -60,6 +60,25 @@ typedef struct {
  * process before the baseline is taken (e.g. to start the fork server). */
 static void (*mtest_warmup)(void);
 
+__attribute__((unused)) static int mtest_noop_target(mproc_args *a)
+{
+    (void)a;
+    return 0;
+}
+
+/* A warm-up for tests that start processes: the tracker and the fork server are
+ * long-lived and hold fds, so start them before the fd baseline is taken. */
+__attribute__((unused)) static void mtest_warmup_tracker_and_forkserver(void)
+{
+    if (mproc_tracker_ensure() != 0)
+        _exit(3);
+    mproc_process_opts o = {.ctx = mproc_get_context(MPROC_START_FORKSERVER)};
+    mproc_process *p;
+    if (mproc_process_new(&p, mtest_noop_target, NULL, &o) || mproc_process_start(p) ||
+        mproc_process_join(p, 30.0) || mproc_process_close(p))
+        _exit(3);
+}
+
 static int mtest_count_fds(char *list, size_t len)
 {
     DIR *d = opendir("/proc/self/fd");

@@ -1030,14 +1030,6 @@ MTEST(test_tracker_cleans_at_normal_exit_and_respects_unregister)
 
 /* ---------------------------------------------------------------- main */
 
-static void warmup(void)
-{
-    /* Start the long-lived helpers first so the fd baseline includes them. */
-    CHECK_OK(mproc_tracker_ensure());
-    mproc_process *p = start_m(MPROC_START_FORKSERVER, t_return0, NULL, NULL, false);
-    join_close(p, 0);
-}
-
 int main(int argc, char **argv)
 {
     mproc_init(&argc, &argv);
@@ -1080,6 +1072,6 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_tracker_unlinks_after_sigkill_of_the_whole_tree),
         MTEST_ENTRY(test_tracker_cleans_at_normal_exit_and_respects_unregister),
     };
-    mtest_warmup = warmup;
+    mtest_warmup = mtest_warmup_tracker_and_forkserver;
     return mtest_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
