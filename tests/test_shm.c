@@ -7,19 +7,8 @@
 #include <sys/wait.h>
 
 #include "mtest.h"
+#include "mtest_helper.h"
 
-#ifndef HELPER_PATH
-#error "HELPER_PATH must point at mproc_test_helper"
-#endif
-
-extern char **environ;
-
-static bool shm_exists(const char *name)
-{
-    char path[300];
-    snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
-    return access(path, F_OK) == 0;
-}
 
 static char *test_name(const char *tag)
 {
@@ -220,37 +209,7 @@ MTEST(test_python_and_mproc_attach_each_others_segments)
 /* A program creates a named segment in a spawned child and is SIGKILLed whole. */
 MTEST(test_named_segment_is_unlinked_after_sigkill_of_the_program)
 {
-    int rep[2];
-    CHECK(pipe2(rep, O_CLOEXEC) == 0);
-    char modevar[] = "MPROC_TEST_MODE=shm_kill", fdvar[32];
-    snprintf(fdvar, sizeof fdvar, "MPROC_TEST_FD=%d", rep[1]);
-    char *env[] = {modevar, fdvar, NULL};
-    char *argv[] = {(char *)HELPER_PATH, NULL};
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-    CHECK_OK(mproc_fd_set_cloexec(rep[1], false));
-    pid_t prog;
-    CHECK_EQ(posix_spawn(&prog, HELPER_PATH, NULL, &attr, argv, env), 0);
-    posix_spawnattr_destroy(&attr);
-    close(rep[1]);
-    char buf[256] = {0};
-    CHECK_OK(mproc_wait_fd(rep[0], POLLIN, 30.0));
-    CHECK(mproc_read_some(rep[0], buf, sizeof buf - 1) > 0);
-    int tpid = 0;
-    char name[200] = {0};
-    CHECK_EQ(sscanf(buf, "%d %199s", &tpid, name), 2);
-    CHECK(shm_exists(name));
-    int tfd = (int)syscall(434, tpid, 0);
-    CHECK(tfd >= 0);
-    CHECK_EQ(kill(-prog, SIGKILL), 0);
-    int status;
-    CHECK_EQ(waitpid(prog, &status, 0), prog);
-    CHECK_OK(mproc_wait_fd(tfd, POLLIN, 20.0));
-    CHECK(!shm_exists(name));
-    close(tfd);
-    close(rep[0]);
+    mtest_sigkill_tree_expect_unlinked("shm_kill");
 }
 
 int main(int argc, char **argv)
