@@ -24,6 +24,14 @@ typedef struct {
 #define MTEST(name) static void name(void)
 #define MTEST_ENTRY(name) {#name, name}
 
+/* One test per start method for a scenario `void s(mproc_start_method)`. */
+#define FOR_METHODS(s)                                             \
+    MTEST(test_##s##_fork) { s(MPROC_START_FORK); }                \
+    MTEST(test_##s##_spawn) { s(MPROC_START_SPAWN); }              \
+    MTEST(test_##s##_forkserver) { s(MPROC_START_FORKSERVER); }
+#define METHOD_ENTRIES(s) MTEST_ENTRY(test_##s##_fork), MTEST_ENTRY(test_##s##_spawn), \
+                          MTEST_ENTRY(test_##s##_forkserver)
+
 #define CHECK(cond)                                                                     \
     do {                                                                                \
         if (!(cond)) {                                                                  \

@@ -487,12 +487,6 @@ MTEST(test_spawned_children_get_the_program_argv)
     CHECK(memcmp(mine, theirs, n) == 0);
 }
 
-#define FOR_METHODS(s)                                             \
-    MTEST(test_##s##_fork) { s(MPROC_START_FORK); }                \
-    MTEST(test_##s##_spawn) { s(MPROC_START_SPAWN); }              \
-    MTEST(test_##s##_forkserver) { s(MPROC_START_FORKSERVER); }
-#define METHOD_ENTRIES(s) MTEST_ENTRY(test_##s##_fork), MTEST_ENTRY(test_##s##_spawn), \
-                          MTEST_ENTRY(test_##s##_forkserver)
 
 FOR_METHODS(normal_exit)
 FOR_METHODS(exit_code_3)

@@ -70,12 +70,6 @@ static void shared_with_child(mproc_start_method m, bool named)
 static void anonymous(mproc_start_method m) { shared_with_child(m, false); }
 static void named(mproc_start_method m) { shared_with_child(m, true); }
 
-#define FOR_METHODS(s)                                             \
-    MTEST(test_##s##_fork) { s(MPROC_START_FORK); }                \
-    MTEST(test_##s##_spawn) { s(MPROC_START_SPAWN); }              \
-    MTEST(test_##s##_forkserver) { s(MPROC_START_FORKSERVER); }
-#define METHOD_ENTRIES(s) MTEST_ENTRY(test_##s##_fork), MTEST_ENTRY(test_##s##_spawn), \
-                          MTEST_ENTRY(test_##s##_forkserver)
 FOR_METHODS(anonymous)
 FOR_METHODS(named)
 
