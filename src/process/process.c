@@ -52,25 +52,33 @@ static void reg_remove(mproc_process *p)
     pthread_mutex_unlock(&reg_mu);
 }
 
-/* A snapshot of the registry (callers may block on the entries without the lock). */
-static size_t reg_snapshot(mproc_process ***out)
+static bool poll_child(mproc_process *p);
+
+/* A snapshot of the registry (callers may block on the entries without the lock);
+ * with running_only, children that ended are reaped (under the lock, so close()
+ * cannot free one meanwhile) and left out. *out is NULL when nothing is listed;
+ * MPROC_ENOMEM leaves it NULL too. */
+static int reg_snapshot(mproc_process ***out, size_t *n, bool running_only)
 {
     *out = NULL;
+    *n = 0;
+    int rc = 0;
     pthread_mutex_lock(&reg_mu);
-    if (!reg_head) {
-        pthread_mutex_unlock(&reg_mu);
-        return 0;
-    }
-    size_t n = 0;
-    for (mproc_process *p = reg_head; p; p = p->next)
-        n++;
-    mproc_process **v = malloc((n ? n : 1) * sizeof *v);
     size_t k = 0;
+    for (mproc_process *p = reg_head; p; p = p->next)
+        k++;
+    mproc_process **v = k ? malloc(k * sizeof *v) : NULL;
+    if (k && !v)
+        rc = MPROC_ENOMEM;
     for (mproc_process *p = reg_head; v && p; p = p->next)
-        v[k++] = p;
+        if (!running_only || !poll_child(p))
+            v[(*n)++] = p;
     pthread_mutex_unlock(&reg_mu);
-    *out = v;
-    return v ? k : 0;
+    if (*n)
+        *out = v;
+    else
+        free(v);
+    return rc;
 }
 
 /* Lock order (outermost first): reg_mu, fs_mu, tr_mu, exe_mu. Holding them all
@@ -272,20 +280,14 @@ int mproc_process_join(mproc_process *p, double timeout)
             ;
     }
     mproc_deadline d = mproc_deadline_after(timeout);
+    /* The pidfd says "ended" under every start method; poll_child then collects
+     * the status (from the fork server, for its children). */
     while (!poll_child(p)) {
-        int fd = p->method == MPROC_START_FORKSERVER ? p->status_fd : p->pidfd;
-        rc = mproc_wait_fd(fd, POLLIN, mproc_deadline_remaining(d));
+        rc = mproc_wait_fd(p->pidfd, POLLIN, mproc_deadline_remaining(d));
         if (rc == MPROC_ETIMEDOUT)
             return rc;
         if (rc < 0)
             return mproc__fail(rc, "join: waiting for %s failed", p->name);
-        if (p->method == MPROC_START_FORKSERVER && mproc_wait_fd(p->status_fd, POLLIN, 0) == 0 &&
-            !poll_child(p)) {
-            /* EOF from a dead fork server: fall back to the pidfd for "ended". */
-            rc = mproc_wait_fd(p->pidfd, POLLIN, mproc_deadline_remaining(d));
-            if (rc == MPROC_ETIMEDOUT)
-                return rc;
-        }
     }
     return 0;
 }
@@ -450,26 +452,7 @@ int mproc_active_children(mproc_process ***out, size_t *n)
 {
     if (!out || !n)
         return MPROC_EINVAL;
-    mproc_process **v = NULL;
-    size_t live = 0;
-    int rc = 0;
-    pthread_mutex_lock(&reg_mu);
-    size_t k = 0;
-    for (mproc_process *p = reg_head; p; p = p->next)
-        k++;
-    if (k && !(v = malloc(k * sizeof *v)))
-        rc = MPROC_ENOMEM;
-    for (mproc_process *p = reg_head; v && p; p = p->next)
-        if (!poll_child(p))
-            v[live++] = p;
-    pthread_mutex_unlock(&reg_mu);
-    if (live == 0) {
-        free(v);
-        v = NULL;
-    }
-    *out = v;
-    *n = live;
-    return rc;
+    return reg_snapshot(out, n, true);
 }
 
 int mproc_cpu_count(void)
@@ -618,7 +601,8 @@ int mproc_process_start(mproc_process *p)
 void mproc__exit_handler(void)
 {
     mproc_process **v;
-    size_t k = reg_snapshot(&v);
+    size_t k;
+    reg_snapshot(&v, &k, false); /* out of memory at exit: nothing to wait for */
     for (size_t i = 0; i < k; i++)
         if (v[i]->daemon && mproc_process_is_alive(v[i])) {
             mproc_log(MPROC_LOG_INFO, "calling terminate() for daemon %s", v[i]->name);
