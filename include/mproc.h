@@ -6,5 +6,6 @@
 #include "mproc/core.h"
 #include "mproc/process.h"
 #include "mproc/shm.h"
+#include "mproc/sync.h"
 
 #endif

@@ -183,6 +183,16 @@ void mproc__tracker_adopt(const char *address, pid_t pid);
 #define MPROC__ROLE_ENV "MPROC_ROLE"
 #define MPROC__BOOT_FD 3
 
+/* The kernel thread id of the calling thread, cached per thread (the fork
+ * child's copy is reset by the atfork child handler in process.c). */
+extern __thread pid_t mproc__tid_cache __attribute__((tls_model("initial-exec")));
+pid_t mproc__tid_slow(void);
+static inline pid_t mproc__tid(void)
+{
+    pid_t t = mproc__tid_cache;
+    return t ? t : mproc__tid_slow();
+}
+
 /* Registry of started children (for active_children and the exit handler). */
 void mproc__atexit_install(void);
 

@@ -57,6 +57,8 @@ enum {
     MPROC_ECANCELED = -ECANCELED,
     MPROC_EOWNERDEAD = -EOWNERDEAD,
     MPROC_ENOTRECOVERABLE = -ENOTRECOVERABLE,
+    MPROC_EDEADLK = -EDEADLK,
+    MPROC_EOVERFLOW = -EOVERFLOW,
 
     /* library codes, below every errno value */
     MPROC_ECLOSED = -10001,  /* the object or its peer is closed (EOF) */

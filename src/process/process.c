@@ -111,6 +111,7 @@ static void atfork_child(void)
     mproc__forkserver_atfork(2);
     mproc__tracker_atfork(2);
     mproc__context_atfork(2);
+    mproc__tid_cache = 0; /* the child's thread has a tid of its own */
 }
 
 /* Installed when the library loads, so even fork()s the library did not make
