@@ -245,8 +245,8 @@ int mproc_shareable_list_get(const mproc_shareable_list *l, long i, mproc_sl_ite
  * is ignored. Errors: MPROC_ERANGE, MPROC_EMSGSIZE, MPROC_EINVAL. */
 int mproc_shareable_list_set(mproc_shareable_list *l, long i, const mproc_sl_item *item);
 
-/* Index of the first item equal to `item` (same kind and value; INT and FLOAT
- * compare by value, as Python's == does), like ShareableList.index():
+/* Index of the first item equal to `item` (as Python's ==: INT, FLOAT and BOOL
+ * compare by value, True == 1 == 1.0; other kinds must match), like ShareableList.index():
  * MPROC_ENOENT if none. count() counts them. */
 int mproc_shareable_list_index(const mproc_shareable_list *l, const mproc_sl_item *item, size_t *index);
 size_t mproc_shareable_list_count(const mproc_shareable_list *l, const mproc_sl_item *item);

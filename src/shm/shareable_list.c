@@ -438,8 +438,19 @@ static bool int_eq_float(int64_t i, double f)
     return (double)t == f && t == i;
 }
 
-static bool items_equal(const mproc_sl_item *a, const mproc_sl_item *b)
+/* As Python's ==: numbers compare by value across int, float and bool (True == 1). */
+static bool items_equal(const mproc_sl_item *x, const mproc_sl_item *y)
 {
+    mproc_sl_item ca = *x, cb = *y;
+    const mproc_sl_item *a = &ca, *b = &cb;
+    if (ca.kind == MPROC_SL_BOOL) {
+        ca.kind = MPROC_SL_INT;
+        ca.i = x->b;
+    }
+    if (cb.kind == MPROC_SL_BOOL) {
+        cb.kind = MPROC_SL_INT;
+        cb.i = y->b;
+    }
     if (a->kind == MPROC_SL_INT && b->kind == MPROC_SL_FLOAT)
         return int_eq_float(a->i, b->f);
     if (a->kind == MPROC_SL_FLOAT && b->kind == MPROC_SL_INT)
