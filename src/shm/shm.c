@@ -171,8 +171,8 @@ void mproc_shm_close(mproc_shm *s)
 static int shm_export(const void *obj, mproc_buf *out, int *fds, size_t *nfds, size_t max_fds)
 {
     const mproc_shm *s = obj;
-    if (max_fds < 1)
-        return MPROC_EINVAL;
+    if (*nfds >= max_fds)
+        return mproc__fail(MPROC_EINVAL, "shm: no room for the segment's descriptor");
     fds[(*nfds)++] = s->fd;
     int rc = mproc__put_u64(out, (uint64_t)s->size);
     return rc ? rc : mproc__put_str(out, s->name);
@@ -186,7 +186,9 @@ static int shm_import(const void *data, size_t len, const int *fds, size_t nfds,
     int rc = mproc__get_u64(&r, &size);
     if (!rc)
         rc = mproc__get_str(&r, &name);
-    if (!rc && (nfds != 1 || size == 0 || size > SIZE_MAX))
+    struct stat st;
+    if (!rc && (nfds != 1 || size == 0 || size > SIZE_MAX || fstat(fds[0], &st) < 0 ||
+                (uint64_t)st.st_size < size)) /* mapping past the end would SIGBUS on access */
         rc = mproc__fail(MPROC_EPROTO, "shm: bad exported segment");
     if (!rc && !name[0]) {
         free(name);

@@ -21,6 +21,7 @@ enum {
     MPROC__SYNC_EVENT = 0x4d504556u,   /* "MPEV" */
     MPROC__SYNC_BARRIER = 0x4d504252u, /* "MPBR" */
     MPROC__SYNC_VALUE = 0x4d505641u,   /* "MPVA" */
+    MPROC__SYNC_ARRAY = 0x4d504152u,   /* "MPAR" */
 };
 
 /* ------------------------------------------------------------- futexes */
