@@ -80,8 +80,8 @@ int mproc__get_blob(mproc_reader *r, const uint8_t **p, size_t *n)
 
 int mproc__get_str(mproc_reader *r, char **out)
 {
-    const uint8_t *p;
-    size_t n;
+    const uint8_t *p = NULL;
+    size_t n = 0;
     int rc = mproc__get_blob(r, &p, &n);
     if (rc)
         return rc;

@@ -291,9 +291,14 @@ static void raw_add(const sc *c, void *p, bool fp, int64_t di, double df, scalar
 static int sc_enter(const sc *c, bool *held)
 {
     *held = false;
-    if (!c->lock || mproc_lock_is_owned(c->lock))
+    if (!c->lock)
         return 0;
+    /* Acquire first and look at ownership only if that fails: reading the
+     * owner field up front would pull the lock's cache line from the other
+     * process once more per call. An RLock simply counts one more level. */
     int rc = mproc_lock_acquire(c->lock, MPROC_FOREVER);
+    if (rc == MPROC_EDEADLK) /* a plain Lock this thread already holds */
+        return 0;
     *held = rc == 0 || rc == MPROC_EOWNERDEAD;
     return rc;
 }
