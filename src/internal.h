@@ -193,6 +193,11 @@ static inline pid_t mproc__tid(void)
     return t ? t : mproc__tid_slow();
 }
 
+/* Free a segment handle but keep its memory mapped (src/shm/shm.c; used for
+ * sync objects a live thread still holds, see mproc__sync_close_shm). */
+struct mproc_shm;
+void mproc__shm_close_keep_mapping(struct mproc_shm *s);
+
 /* Registry of started children (for active_children and the exit handler). */
 void mproc__atexit_install(void);
 

@@ -224,6 +224,46 @@ FOR_METHODS(lock_owner_death)
 FOR_METHODS(rlock_owner_death)
 FOR_METHODS(lock_owner_death_wakes_waiter)
 
+
+/* A target that returns while holding the lock: the library frees the child's
+ * args on the way out, yet the lock must still be reported owner-dead. */
+static int t_return_holding(mproc_args *a)
+{
+    mproc_lock *l = mproc_args_object(a, 0, &mproc_lock_type);
+    return mproc_lock_acquire(l, 10.0) == 0 ? 0 : 2;
+}
+
+static void lock_held_at_child_exit(mproc_start_method m)
+{
+    mproc_lock *l;
+    CHECK_OK(mproc_lock_new(&l));
+    mproc_args *a = mproc_args_new();
+    CHECK_OK(mproc_args_add_object(a, &mproc_lock_type, l));
+    mproc_process *p = start(m, t_return_holding, a);
+    mproc_args_free(a);
+    join_ok(p);
+    CHECK_EQ(mproc_lock_acquire(l, 10.0), MPROC_EOWNERDEAD);
+    CHECK_OK(mproc_lock_release(l));
+    mproc_lock_free(l);
+}
+FOR_METHODS(lock_held_at_child_exit)
+
+MTEST(test_freeing_a_held_lock_is_survivable)
+{
+    mproc_lock *a, *b, *c;
+    CHECK_OK(mproc_lock_new(&a));
+    CHECK_OK(mproc_lock_new(&b));
+    CHECK_OK(mproc_lock_acquire(a, 0));
+    CHECK_OK(mproc_lock_acquire(b, 0));
+    mproc_lock_free(a); /* held: its page stays mapped (glibc's robust list points into it) */
+    CHECK_OK(mproc_lock_release(b)); /* would write through a dangling list link otherwise */
+    CHECK_OK(mproc_lock_new(&c));
+    CHECK_OK(mproc_lock_acquire(c, 0));
+    CHECK_OK(mproc_lock_release(c));
+    mproc_lock_free(c);
+    mproc_lock_free(b);
+}
+
 /* ------------------------------------------------------------ Semaphore */
 
 MTEST(test_semaphore_basics)
@@ -246,6 +286,11 @@ MTEST(test_semaphore_basics)
     CHECK_EQ(mproc_semaphore_release(s), MPROC_EOVERFLOW);
     mproc_semaphore_free(s);
     CHECK_EQ(mproc_semaphore_new(&s, MPROC_SEM_VALUE_MAX + 1u), MPROC_EINVAL);
+
+    CHECK_OK(mproc_bounded_semaphore_new(&s, 0)); /* bounded at zero: never releasable */
+    CHECK_EQ(mproc_semaphore_release(s), MPROC_EOVERFLOW);
+    CHECK_EQ(mproc_semaphore_value(s), 0);
+    mproc_semaphore_free(s);
 
     CHECK_OK(mproc_bounded_semaphore_new(&s, 1));
     CHECK_EQ(mproc_semaphore_release(s), MPROC_EOVERFLOW);
@@ -473,6 +518,47 @@ static void condition_owner_death(mproc_start_method m)
 }
 FOR_METHODS(condition_owner_death)
 
+
+typedef struct {
+    mproc_condition *c;
+    volatile int ready;
+    int rc;
+} steal_ctx;
+
+static void *early_waiter(void *p)
+{
+    steal_ctx *x = p;
+    mproc_condition_acquire(x->c, 10.0);
+    x->ready = 1;
+    x->rc = mproc_condition_wait(x->c, 30.0);
+    mproc_condition_release(x->c);
+    return NULL;
+}
+
+/* notify(1) belongs to the waiter that was there; one arriving later cannot take it. */
+MTEST(test_condition_late_waiter_cannot_steal_a_notify)
+{
+    steal_ctx x = {0};
+    CHECK_OK(mproc_condition_new(&x.c, NULL));
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, early_waiter, &x) == 0);
+    mproc_deadline d = mproc_deadline_after(30.0);
+    for (;;) { /* ready is set under the lock, which the waiter gives up only inside wait() */
+        CHECK_OK(mproc_condition_acquire(x.c, 10.0));
+        if (x.ready)
+            break;
+        CHECK_OK(mproc_condition_release(x.c));
+        CHECK(!mproc_deadline_expired(d));
+        sched_yield();
+    }
+    CHECK_OK(mproc_condition_notify(x.c, 1));
+    CHECK_EQ(mproc_condition_wait(x.c, 0), MPROC_ETIMEDOUT); /* arrived after the notify */
+    CHECK_OK(mproc_condition_release(x.c));
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK_EQ(x.rc, 0);
+    mproc_condition_free(x.c);
+}
+
 /* ----------------------------------------------------------------- Event */
 
 MTEST(test_event_basics)
@@ -491,6 +577,58 @@ MTEST(test_event_basics)
     mproc_event_clear(e);
     CHECK(!mproc_event_is_set(e));
     mproc_event_free(e);
+}
+
+
+typedef struct {
+    mproc_event *e;
+    volatile pid_t tid;
+} event_ctx;
+
+static void *event_waiter(void *p)
+{
+    event_ctx *x = p;
+    x->tid = (pid_t)syscall(SYS_gettid);
+    return (void *)(intptr_t)mproc_event_wait(x->e, 30.0);
+}
+
+/* Until thread `tid` of this process is blocked in futex(2) (read from
+ * /proc/self/task/TID/syscall, whose first field is the syscall number). */
+static void wait_until_in_futex(volatile pid_t *tid)
+{
+    mproc_deadline d = mproc_deadline_after(30.0);
+    for (;;) {
+        CHECK(!mproc_deadline_expired(d));
+        if (*tid) {
+            char path[64];
+            long nr = -1;
+            snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)*tid);
+            FILE *f = fopen(path, "r");
+            CHECK(f != NULL);
+            int got = fscanf(f, "%ld", &nr);
+            fclose(f);
+            if (got == 1 && nr == SYS_futex)
+                return;
+        }
+        sched_yield();
+    }
+}
+
+/* A set() undone at once by clear() still releases those already waiting. */
+MTEST(test_event_set_then_clear_wakes_waiters)
+{
+    event_ctx x = {0};
+    CHECK_OK(mproc_event_new(&x.e));
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, event_waiter, &x) == 0);
+    wait_until_in_futex(&x.tid);
+    mproc_event_set(x.e);
+    mproc_event_clear(x.e);
+    void *rc;
+    CHECK(pthread_join(t, &rc) == 0);
+    CHECK_EQ((intptr_t)rc, 0);
+    CHECK(!mproc_event_is_set(x.e));
+    mproc_event_free(x.e);
 }
 
 /* Wait for `go`, then set `done` number me. */
@@ -705,6 +843,67 @@ static void barrier_dead_waiter_detected_while_waiting(mproc_start_method m)
 FOR_METHODS(barrier_dead_waiter_detected_at_trip)
 FOR_METHODS(barrier_dead_waiter_detected_while_waiting)
 
+
+/* FUTEX_WAIT_BITSET: the barrier's generation wait (its internal robust mutex
+ * sleeps with plain FUTEX_WAIT), read from /proc/PID/syscall: "nr addr op ...". */
+static bool in_generation_wait(pid_t pid)
+{
+    char path[64];
+    long nr = -1, addr = 0, op = -1;
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    int got = fscanf(f, "%ld %lx %lx", &nr, &addr, &op);
+    fclose(f);
+    return got == 3 && nr == SYS_futex && (op & 127) == 9;
+}
+
+/* SIGSTOP `pid` while it sleeps on the generation word, never while it holds
+ * the barrier's internal lock (a reset would then wait for it forever). */
+static void stop_in_generation_wait(pid_t pid)
+{
+    mproc_deadline d = mproc_deadline_after(30.0);
+    for (;;) {
+        CHECK(!mproc_deadline_expired(d));
+        if (in_generation_wait(pid)) {
+            CHECK(kill(pid, SIGSTOP) == 0);
+            siginfo_t si;
+            CHECK(waitid(P_PID, (id_t)pid, &si, WSTOPPED | WNOWAIT) == 0);
+            if (in_generation_wait(pid))
+                return;
+            CHECK(kill(pid, SIGCONT) == 0);
+        }
+        sched_yield();
+    }
+}
+
+/* More waiters than slots: 2 parties have 2*2+16 = 20 slots. Stopped waiters
+ * keep theirs across resets; waiters 21 and 22 find none and must still learn
+ * that their generations were reset (broken), not passed. */
+static void barrier_waiters_without_slots(mproc_start_method m)
+{
+    enum { N = 22 };
+    mproc_barrier *b;
+    CHECK_OK(mproc_barrier_new(&b, 2, NULL));
+    mproc_process *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = barrier_child(m, b, t_barrier_once);
+        wait_for_waiters(b, 1);
+        stop_in_generation_wait(mproc_process_pid(p[i]));
+        mproc_barrier_reset(b); /* its generation ends broken while it is stopped */
+    }
+    for (int i = 0; i < N; i++)
+        CHECK(kill(mproc_process_pid(p[i]), SIGCONT) == 0);
+    for (int i = 0; i < N; i++) {
+        CHECK_OK(mproc_process_join(p[i], 30.0));
+        CHECK_EQ(mproc_process_exitcode(p[i]), 7); /* MPROC_EBROKEN, every one */
+        CHECK_OK(mproc_process_close(p[i]));
+    }
+    mproc_barrier_free(b);
+}
+MTEST(test_barrier_waiters_without_slots) { barrier_waiters_without_slots(MPROC_START_FORK); }
+
 static int die_in_action(void)
 {
     raise(SIGKILL);
@@ -754,13 +953,17 @@ int main(int argc, char **argv)
         METHOD_ENTRIES(lock_owner_death),
         METHOD_ENTRIES(rlock_owner_death),
         METHOD_ENTRIES(lock_owner_death_wakes_waiter),
+        METHOD_ENTRIES(lock_held_at_child_exit),
+        MTEST_ENTRY(test_freeing_a_held_lock_is_survivable),
         MTEST_ENTRY(test_semaphore_basics),
         METHOD_ENTRIES(semaphore_across),
         MTEST_ENTRY(test_condition_requires_the_lock),
         MTEST_ENTRY(test_condition_wait_releases_every_rlock_level),
+        MTEST_ENTRY(test_condition_late_waiter_cannot_steal_a_notify),
         METHOD_ENTRIES(condition_notify_counts),
         METHOD_ENTRIES(condition_owner_death),
         MTEST_ENTRY(test_event_basics),
+        MTEST_ENTRY(test_event_set_then_clear_wakes_waiters),
         METHOD_ENTRIES(event_wakes_all),
         METHOD_ENTRIES(barrier_rounds),
         MTEST_ENTRY(test_barrier_timeout_abort_reset),
@@ -768,6 +971,7 @@ int main(int argc, char **argv)
         METHOD_ENTRIES(barrier_dead_waiter_detected_at_trip),
         METHOD_ENTRIES(barrier_dead_waiter_detected_while_waiting),
         METHOD_ENTRIES(barrier_death_inside_the_action),
+        MTEST_ENTRY(test_barrier_waiters_without_slots),
     };
     mtest_warmup = mtest_warmup_tracker_and_forkserver;
     return mtest_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -42,7 +42,8 @@ int mproc_rlock_new(mproc_lock **out);
  * owner died holding it (the lock is yours and stays usable: repair what it
  * protects, then release as usual); MPROC_ETIMEDOUT when not acquired in time;
  * MPROC_EDEADLK when a plain Lock is already held by the calling thread (it
- * would never be released; an RLock just counts one more level). */
+ * would never be released; an RLock just counts one more level);
+ * MPROC_EOVERFLOW when an RLock's level count would overflow. */
 int mproc_lock_acquire(mproc_lock *l, double timeout);
 
 /* Release one level. MPROC_EPERM if the calling thread does not hold it. */
@@ -54,8 +55,10 @@ bool mproc_lock_is_recursive(const mproc_lock *l);
 /* true if the calling thread holds the lock. */
 bool mproc_lock_is_owned(const mproc_lock *l);
 
-/* Free this process's handle (the lock stays valid in other processes). A lock
- * held by this thread should be released first. NULL is ok. */
+/* Free this process's handle (the lock stays valid in other processes). NULL
+ * is ok. Release first: if a live thread of this process still holds the
+ * lock, the handle is freed but its page stays mapped (glibc's robust list
+ * points into it, and the kernel needs it to report that thread's death). */
 void mproc_lock_free(mproc_lock *l);
 
 /* Shareable type for mproc_args_add_object (both Lock and RLock). */
@@ -75,7 +78,9 @@ int mproc_bounded_semaphore_new(mproc_semaphore **out, unsigned value);
 
 /* Decrement, waiting up to `timeout` seconds for the value to be positive.
  * 0 or MPROC_ETIMEDOUT. A semaphore has no owner: a process that dies after
- * acquiring simply never releases (use a Lock where that matters). */
+ * acquiring simply never releases (use a Lock where that matters); one killed
+ * just as a release woke it leaves that unit for the next acquirer or release
+ * to find, as with sem_t. */
 int mproc_semaphore_acquire(mproc_semaphore *s, double timeout);
 
 /* Increment and wake one waiter. MPROC_EOVERFLOW (value unchanged) if a bounded
@@ -138,7 +143,9 @@ int mproc_event_new(mproc_event **out);
 void mproc_event_set(mproc_event *e);
 void mproc_event_clear(mproc_event *e);
 bool mproc_event_is_set(const mproc_event *e);
-/* Wait until the flag is set: 0, or MPROC_ETIMEDOUT if still clear after `timeout`. */
+/* Wait until the flag is set: 0 (also when a set() happened during the wait,
+ * even if a clear() followed at once), or MPROC_ETIMEDOUT if still clear after
+ * `timeout`. */
 int mproc_event_wait(mproc_event *e, double timeout);
 void mproc_event_free(mproc_event *e);
 extern const mproc_shareable_type mproc_event_type;
@@ -149,7 +156,9 @@ typedef struct mproc_barrier mproc_barrier;
 
 /* Run by exactly one of the waiters (the last to arrive) before the others are
  * released, in whichever process that is; a nonzero return breaks the
- * barrier. Under spawn/forkserver the function crosses like a process target. */
+ * barrier. Under spawn/forkserver the function crosses like a process target.
+ * It runs with the barrier's internal lock held: it must not call the
+ * barrier's own functions (wait returns MPROC_EDEADLK; abort/reset do nothing). */
 typedef int (*mproc_barrier_action)(void);
 
 typedef struct mproc_barrier_opts {

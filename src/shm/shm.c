@@ -164,6 +164,18 @@ void mproc_shm_close(mproc_shm *s)
     free(s);
 }
 
+/* Free the handle but leave the memory mapped, for sync objects a thread of
+ * this process still holds: the kernel can only report the holder's death if
+ * the lock is still mapped when the thread exits (see src/sync/lock.c). */
+void mproc__shm_close_keep_mapping(mproc_shm *s)
+{
+    if (!s)
+        return;
+    close(s->fd);
+    free(s->name);
+    free(s);
+}
+
 /* ------------------------------------------------------------ shareable */
 
 /* Wire form: u64 size, then the name ("" if anonymous); one fd. The child maps the

@@ -37,8 +37,8 @@ typedef struct barrier_st {
     uint32_t count;
     uint32_t broken;
     uint32_t nslots;
-    uint32_t broken_gen; /* last generation that ended broken (slot-less waiters) */
-    uint32_t has_broken_gen;
+    uint32_t pad;
+    uint64_t broken_bits; /* bit g % 64: generation g ended broken (for slot-less waiters) */
     int64_t last_audit_ns;
     double timeout;
     pthread_mutex_t mu;
@@ -48,6 +48,7 @@ typedef struct barrier_st {
 struct mproc_barrier {
     mproc_shm *shm;
     barrier_st *st;
+    uint32_t nslots; /* validated private copy: a peer cannot make us walk off the mapping */
     mproc_barrier_action action;
 };
 
@@ -100,6 +101,7 @@ int mproc_barrier_new(mproc_barrier **out, unsigned parties, const mproc_barrier
         return mproc__fail(rc, "barrier_new: cannot initialise robust mutexes");
     }
     b->action = opts ? opts->action : NULL;
+    b->nslots = nslots;
     st->magic = MPROC__SYNC_BARRIER;
     *out = b;
     return 0;
@@ -113,29 +115,30 @@ static int64_t now_ns(void)
 }
 
 /* End the current generation as broken (with mu held). */
-static void break_locked(barrier_st *st)
+static void break_locked(mproc_barrier *b)
 {
+    barrier_st *st = b->st;
     if (st->broken)
         return;
-    for (uint32_t i = 0; i < st->nslots; i++)
+    for (uint32_t i = 0; i < b->nslots; i++)
         if (st->slots[i].state == SLOT_WAITING)
             st->slots[i].state = SLOT_BROKEN;
-    st->broken = 1;
-    st->count = 0;
-    st->broken_gen = atomic_load(&st->gen);
-    st->has_broken_gen = 1;
+    __atomic_store_n(&st->broken, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&st->count, 0, __ATOMIC_RELAXED);
+    st->broken_bits |= 1ull << (atomic_load(&st->gen) % 64);
     atomic_fetch_add(&st->gen, 1);
     mproc__futex_wake(&st->gen, INT_MAX);
 }
 
 /* Take `mu`. If its holder died, the barrier's state may be half-updated:
  * break it (the waiters learn it) and go on. 0 or a negative code. */
-static int lock_st(barrier_st *st)
+static int lock_st(mproc_barrier *b)
 {
+    barrier_st *st = b->st;
     int r = pthread_mutex_lock(&st->mu);
     if (r == EOWNERDEAD) {
         pthread_mutex_consistent(&st->mu);
-        break_locked(st);
+        break_locked(b);
         return 0;
     }
     return r ? mproc__fail(-r, "barrier: internal lock failed") : 0;
@@ -143,10 +146,11 @@ static int lock_st(barrier_st *st)
 
 /* Check the occupied slots (mu held): reclaim slots of dead processes and
  * break the barrier if one of them was still waiting. */
-static void audit_locked(barrier_st *st)
+static void audit_locked(mproc_barrier *b)
 {
+    barrier_st *st = b->st;
     bool dead_waiter = false;
-    for (uint32_t i = 0; i < st->nslots; i++) {
+    for (uint32_t i = 0; i < b->nslots; i++) {
         slot *s = &st->slots[i];
         if (s->state == SLOT_FREE)
             continue;
@@ -162,14 +166,15 @@ static void audit_locked(barrier_st *st)
     }
     st->last_audit_ns = now_ns();
     if (dead_waiter)
-        break_locked(st);
+        break_locked(b);
 }
 
 /* A free slot, locked by us and marked waiting in generation g; NULL if none. */
-static slot *take_slot(barrier_st *st, uint32_t g)
+static slot *take_slot(mproc_barrier *b, uint32_t g)
 {
+    barrier_st *st = b->st;
     for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t i = 0; i < st->nslots; i++) {
+        for (uint32_t i = 0; i < b->nslots; i++) {
             slot *s = &st->slots[i];
             if (s->state != SLOT_FREE)
                 continue;
@@ -184,7 +189,7 @@ static slot *take_slot(barrier_st *st, uint32_t g)
             s->gen = g;
             return s;
         }
-        audit_locked(st); /* reclaim slots of dead processes, then look again */
+        audit_locked(b); /* reclaim slots of dead processes, then look again */
     }
     return NULL;
 }
@@ -200,21 +205,35 @@ static void free_slot(slot *s)
 static int trip_locked(mproc_barrier *b)
 {
     barrier_st *st = b->st;
-    audit_locked(st);
+    audit_locked(b);
     if (st->broken)
         return mproc__fail(MPROC_EBROKEN, "barrier: a waiting process died");
     if (b->action && b->action() != 0) {
-        break_locked(st);
+        break_locked(b);
         return mproc__fail(MPROC_EBROKEN, "barrier: the action failed");
     }
     uint32_t g = atomic_load(&st->gen);
-    for (uint32_t i = 0; i < st->nslots; i++)
+    for (uint32_t i = 0; i < b->nslots; i++)
         if (st->slots[i].state == SLOT_WAITING && st->slots[i].gen == g)
             st->slots[i].state = SLOT_PASSED;
-    st->count = 0;
+    st->broken_bits &= ~(1ull << (g % 64));
+    __atomic_store_n(&st->count, 0, __ATOMIC_RELAXED);
     atomic_fetch_add(&st->gen, 1);
     mproc__futex_wake(&st->gen, INT_MAX);
     return 0;
+}
+
+/* How generation g ended, for a waiter that found no free slot (all taken by
+ * waiters of earlier generations that have not woken yet). Exact for the last
+ * 64 generations; older ones are reported broken, the safe answer. */
+static uint32_t slotless_outcome(const barrier_st *st, uint32_t g)
+{
+    uint32_t now = atomic_load(&st->gen);
+    if (now == g)
+        return SLOT_WAITING;
+    if (now - g > 63)
+        return SLOT_BROKEN;
+    return (st->broken_bits >> (g % 64)) & 1 ? SLOT_BROKEN : SLOT_PASSED;
 }
 
 int mproc_barrier_wait(mproc_barrier *b, double timeout, unsigned *index)
@@ -225,14 +244,15 @@ int mproc_barrier_wait(mproc_barrier *b, double timeout, unsigned *index)
     if (timeout < 0 && st->timeout > 0)
         timeout = st->timeout;
     mproc_deadline d = mproc_deadline_after(timeout);
-    int rc = lock_st(st);
+    int rc = lock_st(b);
     if (rc)
         return rc;
     if (st->broken) {
         pthread_mutex_unlock(&st->mu);
         return mproc__fail(MPROC_EBROKEN, "barrier: broken (aborted, timed out or a waiter died)");
     }
-    unsigned idx = st->count++;
+    unsigned idx = st->count;
+    __atomic_store_n(&st->count, idx + 1, __ATOMIC_RELAXED);
     if (st->count == st->parties) {
         rc = trip_locked(b);
         pthread_mutex_unlock(&st->mu);
@@ -241,7 +261,7 @@ int mproc_barrier_wait(mproc_barrier *b, double timeout, unsigned *index)
         return rc;
     }
     uint32_t g = atomic_load(&st->gen);
-    slot *me = take_slot(st, g);
+    slot *me = take_slot(b, g);
     if (st->broken) { /* the audit in take_slot found a dead waiter */
         if (me)
             free_slot(me);
@@ -262,22 +282,19 @@ int mproc_barrier_wait(mproc_barrier *b, double timeout, unsigned *index)
             continue;
         /* A quiet slice: see whether someone died (at most one audit per slice
          * among all waiters). */
-        if (lock_st(st) == 0) {
+        if (lock_st(b) == 0) {
             if (now_ns() - st->last_audit_ns >= AUDIT_NS)
-                audit_locked(st);
+                audit_locked(b);
             pthread_mutex_unlock(&st->mu);
         }
     }
 
-    rc = lock_st(st);
+    rc = lock_st(b);
     if (rc) /* cannot happen short of memory corruption; the slot stays ours */
         return rc;
-    uint32_t state = me ? me->state
-                    : atomic_load(&st->gen) == g ? SLOT_WAITING
-                    : st->has_broken_gen && st->broken_gen == g ? SLOT_BROKEN
-                                                                 : SLOT_PASSED;
+    uint32_t state = me ? me->state : slotless_outcome(st, g);
     if (state == SLOT_WAITING) { /* our time ran out first */
-        break_locked(st);
+        break_locked(b);
         rc = mproc__fail(MPROC_ETIMEDOUT, "barrier: timed out; the barrier is now broken");
     } else if (state == SLOT_BROKEN) {
         rc = mproc__fail(MPROC_EBROKEN, "barrier: broken while waiting (aborted, reset, timed out, "
@@ -293,21 +310,21 @@ int mproc_barrier_wait(mproc_barrier *b, double timeout, unsigned *index)
 
 void mproc_barrier_abort(mproc_barrier *b)
 {
-    if (b && lock_st(b->st) == 0) {
-        break_locked(b->st);
+    if (b && lock_st(b) == 0) {
+        break_locked(b);
         pthread_mutex_unlock(&b->st->mu);
     }
 }
 
 void mproc_barrier_reset(mproc_barrier *b)
 {
-    if (!b || lock_st(b->st) != 0)
+    if (!b || lock_st(b) != 0)
         return;
     barrier_st *st = b->st;
     if (st->count > 0)
-        break_locked(st); /* current waiters get MPROC_EBROKEN */
-    st->broken = 0;
-    st->count = 0;
+        break_locked(b); /* current waiters get MPROC_EBROKEN */
+    __atomic_store_n(&st->broken, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&st->count, 0, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -316,14 +333,17 @@ unsigned mproc_barrier_parties(const mproc_barrier *b)
     return b ? b->st->parties : 0;
 }
 
+/* Snapshots, read without the lock (relaxed atomics). */
 unsigned mproc_barrier_n_waiting(const mproc_barrier *b)
 {
-    return b && !b->st->broken ? b->st->count : 0;
+    if (!b || __atomic_load_n(&b->st->broken, __ATOMIC_RELAXED))
+        return 0;
+    return __atomic_load_n(&b->st->count, __ATOMIC_RELAXED);
 }
 
 bool mproc_barrier_broken(const mproc_barrier *b)
 {
-    return b && b->st->broken;
+    return b && __atomic_load_n(&b->st->broken, __ATOMIC_RELAXED);
 }
 
 void mproc_barrier_free(mproc_barrier *b)
@@ -363,7 +383,8 @@ static int barrier_import(const void *data, size_t len, const int *fds, size_t n
     b->st = st;
     size_t room = mproc_shm_size(b->shm) - (size_t)((char *)st - (char *)mproc_shm_buf(b->shm));
     rc = mproc__get_u8(&r, &has);
-    if (!rc && (b->st->nslots > 2 * MAX_PARTIES + 16 || state_size(b->st->nslots) > room))
+    b->nslots = b->st->nslots;
+    if (!rc && (b->nslots > 2 * MAX_PARTIES + 16 || state_size(b->nslots) > room))
         rc = mproc__fail(MPROC_EPROTO, "barrier: malformed shared state");
     if (!rc && has) {
         void *fn = NULL;

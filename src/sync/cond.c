@@ -92,27 +92,31 @@ static int cond_wait(mproc_condition *c, mproc_deadline d)
     if (!mproc_lock_is_owned(c->lock))
         return not_owned("wait");
     /* Counted and the sequence read while we still hold the lock: a notify can
-     * only come after, and then it changes `seq` under our futex wait. */
+     * only come after, and then it changes `seq` under our futex wait. Only a
+     * notify made after we entered (seq moved past `entry`) entitles us to a
+     * token, so a later waiter cannot take a wakeup meant for an earlier one. */
     st->waiters++;
-    uint32_t seq = atomic_load(&st->seq);
+    uint32_t entry = atomic_load(&st->seq), seq = entry;
     uint32_t depth;
-    mproc__lock_release_all(c->lock, &depth);
-    bool dead = false;
+    if (mproc__lock_release_all(c->lock, &depth) != 0) {
+        st->waiters--;
+        return not_owned("wait");
+    }
     for (;;) {
         int tr = mproc_deadline_expired(d) ? MPROC_ETIMEDOUT : mproc__futex_wait(&st->seq, seq, d);
         int rc = mproc__lock_restore(c->lock, depth);
-        if (rc == MPROC_EOWNERDEAD)
-            dead = true;
-        else if (rc)
-            return rc;
-        if (st->signals > 0) {
-            st->signals--;
+        if (rc && rc != MPROC_EOWNERDEAD)
+            return rc; /* ENOTRECOVERABLE: cannot happen, we always make it consistent */
+        bool entitled = atomic_load(&st->seq) != entry && st->signals > 0;
+        if (entitled || rc == MPROC_EOWNERDEAD || tr != 0 || mproc_deadline_expired(d)) {
+            /* A dead previous owner is reported at once, with the lock held:
+             * the state it protected needs repair before anyone else runs. */
+            if (entitled)
+                st->signals--;
             st->waiters--;
-            return dead ? MPROC_EOWNERDEAD : 0;
-        }
-        if (tr == MPROC_ETIMEDOUT || mproc_deadline_expired(d)) {
-            st->waiters--;
-            return dead ? MPROC_EOWNERDEAD : MPROC_ETIMEDOUT;
+            if (rc)
+                return rc;
+            return entitled ? 0 : tr && tr != MPROC_ETIMEDOUT ? tr : MPROC_ETIMEDOUT;
         }
         seq = atomic_load(&st->seq);
         mproc__lock_release_all(c->lock, &depth);
@@ -177,9 +181,11 @@ void mproc_condition_free(mproc_condition *c)
 {
     if (!c)
         return;
+    bool own = c->lock->shm == c->shm;
+    const mproc__lock_st *ls = own ? c->lock->st : NULL;
     if (c->free_lock)
         mproc_lock_free(c->lock);
-    mproc_shm_close(c->shm);
+    mproc__sync_close_shm(c->shm, ls);
     free(c);
 }
 

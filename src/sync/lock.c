@@ -38,9 +38,11 @@ int mproc__futex_wait(_Atomic uint32_t *w, uint32_t val, mproc_deadline d)
      * the word is in shared memory and the sleepers are in other processes. */
     long r = syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT_BITSET, val, never ? NULL : &ts, NULL,
                      FUTEX_BITSET_MATCH_ANY);
-    if (r < 0 && errno == ETIMEDOUT)
+    if (r == 0 || errno == EAGAIN || errno == EINTR)
+        return 0; /* woken, value changed or a signal: the caller re-checks */
+    if (errno == ETIMEDOUT)
         return MPROC_ETIMEDOUT;
-    return 0; /* woken, EAGAIN (value changed) or EINTR: the caller re-checks */
+    return mproc__fail(mproc__errno(), "futex wait failed"); /* never loop on a hard error */
 }
 
 void mproc__futex_wake(_Atomic uint32_t *w, int n)
@@ -235,16 +237,23 @@ int mproc_lock_release(mproc_lock *l)
     if (!l)
         return mproc__fail(MPROC_EINVAL, "lock_release: NULL lock");
     mproc__lock_st *st = l->st;
-    if (atomic_load_explicit(&st->owner, memory_order_relaxed) != mproc__tid())
+    pid_t me = mproc__tid();
+    if (atomic_load_explicit(&st->owner, memory_order_relaxed) != me)
         return mproc__fail(MPROC_EPERM, "lock_release: not held by the calling thread");
-    if (st->depth > 1)
-        st->depth--;
+    uint32_t depth = st->depth;
+    if (depth > 1)
+        st->depth = depth - 1;
     else {
         st->depth = 0;
         atomic_store_explicit(&st->owner, 0, memory_order_relaxed);
     }
     int r = pthread_mutex_unlock(&st->mu);
-    return r ? mproc__fail(-r, "lock_release: unlock failed") : 0;
+    if (r) { /* the mutex says it is not ours (a stale tid): leave the record as it was */
+        st->depth = depth;
+        atomic_store_explicit(&st->owner, me, memory_order_relaxed);
+        return mproc__fail(r == EPERM ? MPROC_EPERM : -r, "lock_release: the mutex refused the unlock");
+    }
+    return 0;
 }
 
 bool mproc_lock_is_recursive(const mproc_lock *l)
@@ -266,7 +275,11 @@ int mproc__lock_release_all(mproc_lock *l, uint32_t *depth)
     st->depth = 0;
     atomic_store_explicit(&st->owner, 0, memory_order_relaxed);
     for (uint32_t i = 0; i < d; i++)
-        pthread_mutex_unlock(&st->mu);
+        if (pthread_mutex_unlock(&st->mu) != 0) { /* not really ours: undo, refuse */
+            st->depth = d - i;
+            atomic_store_explicit(&st->owner, mproc__tid(), memory_order_relaxed);
+            return MPROC_EPERM;
+        }
     *depth = d;
     return 0;
 }
@@ -284,12 +297,33 @@ int mproc__lock_restore(mproc_lock *l, uint32_t depth)
     return rc;
 }
 
+/* Does a live thread of this process hold the lock? */
+static bool held_here(const mproc__lock_st *st)
+{
+    pid_t owner = atomic_load_explicit(&st->owner, memory_order_relaxed);
+    if (owner == 0)
+        return false;
+    return owner == mproc__tid() || syscall(SYS_tgkill, getpid(), owner, 0) == 0;
+}
+
+void mproc__sync_close_shm(mproc_shm *shm, const mproc__lock_st *st)
+{
+    /* glibc links a held robust mutex into its thread's robust list by address.
+     * Unmapped, the kernel could not mark it owner-dead when the thread exits
+     * (waiters would hang), and the next robust unlock in that thread would
+     * write into the hole. So a held lock's page outlives its handle. */
+    if (st && held_here(st))
+        mproc__shm_close_keep_mapping(shm);
+    else
+        mproc_shm_close(shm);
+}
+
 void mproc_lock_free(mproc_lock *l)
 {
     if (!l)
         return;
     if (l->own_shm)
-        mproc_shm_close(l->shm);
+        mproc__sync_close_shm(l->shm, l->st);
     free(l);
 }
 

@@ -15,7 +15,7 @@
 
 typedef struct sem_st {
     uint32_t magic;
-    uint32_t bound; /* 0: unbounded */
+    uint32_t bound; /* largest value release() may reach */
     _Atomic uint32_t value;
     _Atomic uint32_t waiters;
 } sem_st;
@@ -25,9 +25,12 @@ struct mproc_semaphore {
     sem_st *st;
 };
 
+/* The flag is bit 0 of `word`; the rest counts set() calls, so a waiter that
+ * slept through a set() quickly undone by clear() still sees that it happened
+ * and returns (as Python's Event.wait does), instead of sleeping on. */
 typedef struct event_st {
     uint32_t magic;
-    _Atomic uint32_t flag;
+    _Atomic uint32_t word;
     _Atomic uint32_t waiters;
 } event_st;
 
@@ -59,7 +62,7 @@ static int sem_new(mproc_semaphore **out, unsigned value, bool bounded)
         return rc;
     }
     s->st = st;
-    s->st->bound = bounded ? value : 0;
+    s->st->bound = bounded ? value : MPROC_SEM_VALUE_MAX;
     s->st->value = value;
     s->st->magic = MPROC__SYNC_SEM;
     *out = s;
@@ -111,7 +114,7 @@ int mproc_semaphore_release(mproc_semaphore *s)
     if (!s)
         return mproc__fail(MPROC_EINVAL, "semaphore_release: NULL semaphore");
     sem_st *st = s->st;
-    uint32_t max = st->bound ? st->bound : MPROC_SEM_VALUE_MAX;
+    uint32_t max = st->bound;
     uint32_t v = atomic_load(&st->value);
     do {
         if (v >= max)
@@ -202,20 +205,23 @@ void mproc_event_set(mproc_event *e)
 {
     if (!e)
         return;
-    atomic_store(&e->st->flag, 1);
+    /* One more set() (the count lives above bit 0), flag on. */
+    uint32_t w = atomic_load(&e->st->word);
+    while (!atomic_compare_exchange_weak(&e->st->word, &w, (w + 2) | 1u))
+        ;
     if (atomic_load(&e->st->waiters))
-        mproc__futex_wake(&e->st->flag, INT_MAX);
+        mproc__futex_wake(&e->st->word, INT_MAX);
 }
 
 void mproc_event_clear(mproc_event *e)
 {
     if (e)
-        atomic_store(&e->st->flag, 0);
+        atomic_fetch_and(&e->st->word, ~1u);
 }
 
 bool mproc_event_is_set(const mproc_event *e)
 {
-    return e && atomic_load(&e->st->flag) != 0;
+    return e && (atomic_load(&e->st->word) & 1u) != 0;
 }
 
 int mproc_event_wait(mproc_event *e, double timeout)
@@ -223,16 +229,18 @@ int mproc_event_wait(mproc_event *e, double timeout)
     if (!e)
         return mproc__fail(MPROC_EINVAL, "event_wait: NULL event");
     event_st *st = e->st;
-    if (atomic_load(&st->flag))
+    uint32_t w0 = atomic_load(&st->word);
+    if (w0 & 1u)
         return 0;
     if (timeout == 0)
         return MPROC_ETIMEDOUT;
     mproc_deadline d = mproc_deadline_after(timeout);
     for (;;) {
         atomic_fetch_add(&st->waiters, 1);
-        int rc = mproc__futex_wait(&st->flag, 0, d);
+        int rc = mproc__futex_wait(&st->word, w0, d);
         atomic_fetch_sub(&st->waiters, 1);
-        if (atomic_load(&st->flag))
+        uint32_t w = atomic_load(&st->word);
+        if ((w & 1u) || (w >> 1) != (w0 >> 1)) /* set now, or set (and cleared) meanwhile */
             return 0;
         if (rc)
             return rc;

@@ -379,9 +379,10 @@ static int sc_new(sc *c, uint32_t magic, mproc_ctype t, size_t len, const void *
 
 static void sc_free(sc *c)
 {
+    const mproc__lock_st *own = c->lock && c->lock->shm == c->shm ? c->lock->st : NULL;
     if (c->free_lock)
         mproc_lock_free(c->lock);
-    mproc_shm_close(c->shm);
+    mproc__sync_close_shm(c->shm, own);
 }
 
 /* ------------------------------------------------------- export/import */

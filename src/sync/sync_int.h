@@ -50,6 +50,10 @@ struct mproc_lock {
 };
 
 int mproc__lock_init(mproc__lock_st *st, bool recursive);
+/* Close a segment holding lock state `st` (may be NULL): unmapped, unless a
+ * live thread of this process holds that lock, in which case the page is
+ * deliberately left mapped so its owner's death can still be reported. */
+void mproc__sync_close_shm(mproc_shm *shm, const mproc__lock_st *st);
 /* A handle on state inside `shm` (owned by the handle if own_shm). */
 int mproc__lock_wrap(mproc_shm *shm, bool own_shm, mproc__lock_st *st, mproc_lock **out);
 /* Release every level held by the caller, reporting how many; and take them back
