@@ -66,6 +66,24 @@ typedef struct {
 
 /* Hooks a test file may set before calling mtest_main: run in each test's
  * process before the baseline is taken (e.g. to start the fork server). */
+/* Start fn(a) under start method m (every step checked). */
+static inline mproc_process *mtest_start(mproc_start_method m, mproc_target_fn fn, mproc_args *a)
+{
+    mproc_process_opts o = {.ctx = mproc_get_context(m)};
+    mproc_process *p;
+    CHECK_OK(mproc_process_new(&p, fn, a, &o));
+    CHECK_OK(mproc_process_start(p));
+    return p;
+}
+
+/* Join (60 s at most), check the exit code (-N: killed by signal N) and close. */
+static inline void mtest_join(mproc_process *p, int want)
+{
+    CHECK_OK(mproc_process_join(p, 60.0));
+    CHECK_EQ(mproc_process_exitcode(p), want);
+    CHECK_OK(mproc_process_close(p));
+}
+
 static void (*mtest_warmup)(void);
 
 __attribute__((unused)) static int mtest_noop_target(mproc_args *a)

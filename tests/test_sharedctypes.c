@@ -14,21 +14,6 @@
 
 /* --------------------------------------------------------------- helpers */
 
-static mproc_process *start(mproc_start_method m, mproc_target_fn fn, mproc_args *a)
-{
-    mproc_process_opts o = {.ctx = mproc_get_context(m)};
-    mproc_process *p;
-    CHECK_OK(mproc_process_new(&p, fn, a, &o));
-    CHECK_OK(mproc_process_start(p));
-    return p;
-}
-
-static void join_ok(mproc_process *p)
-{
-    CHECK_OK(mproc_process_join(p, 60.0));
-    CHECK_EQ(mproc_process_exitcode(p), 0);
-    CHECK_OK(mproc_process_close(p));
-}
 
 static const mproc_ctype all_types[] = {
     MPROC_C_CHAR, MPROC_C_WCHAR, MPROC_C_BYTE,     MPROC_C_UBYTE,     MPROC_C_SHORT,
@@ -397,9 +382,9 @@ static void use_lock_shared(mproc_start_method m)
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_array_type, arr));
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_value_type, own));
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_value_type, v2));
-    mproc_process *p = start(m, t_check_shared_lock, a);
+    mproc_process *p = mtest_start(m, t_check_shared_lock, a);
     mproc_args_free(a);
-    join_ok(p);
+    mtest_join(p, 0);
     CHECK_OK(mproc_lock_release(l));
     CHECK_OK(mproc_lock_acquire(mproc_shared_value_get_lock(own), 1.0));
     CHECK(mproc_lock_is_owned(mproc_shared_value_get_lock(v2)));
@@ -441,9 +426,9 @@ static void seed_value_array(mproc_start_method m)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_value_type, num));
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_array_type, arr));
-    mproc_process *p = start(m, t_seed_f, a);
+    mproc_process *p = mtest_start(m, t_seed_f, a);
     mproc_args_free(a);
-    join_ok(p);
+    mtest_join(p, 0);
     double d = 0;
     CHECK_OK(mproc_shared_value_load(num, &d));
     CHECK(d == 3.1415927);
@@ -512,11 +497,11 @@ static int64_t run_increments(mproc_start_method m, mproc_shared_value *v, int m
     CHECK_OK(mproc_args_add_int(a, n));
     mproc_process *ps[NPROC];
     for (int i = 0; i < NPROC; i++)
-        ps[i] = start(m, t_increment, a);
+        ps[i] = mtest_start(m, t_increment, a);
     mproc_args_free(a);
     mproc_event_set(go); /* all at once, for contention */
     for (int i = 0; i < NPROC; i++)
-        join_ok(ps[i]);
+        mtest_join(ps[i], 0);
     mproc_event_free(go);
     return mproc_shared_value_get_i64(v);
 }
@@ -581,7 +566,7 @@ static void owner_death(mproc_start_method m)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_shared_value_type, v));
     CHECK_OK(mproc_args_add_object(a, &mproc_event_type, held));
-    mproc_process *p = start(m, t_die_holding, a);
+    mproc_process *p = mtest_start(m, t_die_holding, a);
     mproc_args_free(a);
     CHECK_OK(mproc_event_wait(held, 30.0));
     CHECK_EQ(mproc_lock_acquire(mproc_shared_value_get_lock(v), 0), MPROC_ETIMEDOUT);

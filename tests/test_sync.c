@@ -9,28 +9,11 @@
 
 /* --------------------------------------------------------------- helpers */
 
-static mproc_process *start(mproc_start_method m, mproc_target_fn fn, mproc_args *a)
-{
-    mproc_process_opts o = {.ctx = mproc_get_context(m)};
-    mproc_process *p;
-    CHECK_OK(mproc_process_new(&p, fn, a, &o));
-    CHECK_OK(mproc_process_start(p));
-    return p;
-}
-
-static void join_ok(mproc_process *p)
-{
-    CHECK_OK(mproc_process_join(p, 30.0));
-    CHECK_EQ(mproc_process_exitcode(p), 0);
-    CHECK_OK(mproc_process_close(p));
-}
 
 static void kill_and_join(mproc_process *p)
 {
     CHECK_OK(mproc_process_kill(p));
-    CHECK_OK(mproc_process_join(p, 30.0));
-    CHECK_EQ(mproc_process_exitcode(p), -SIGKILL);
-    CHECK_OK(mproc_process_close(p));
+    mtest_join(p, -SIGKILL);
 }
 
 /* A few shared counters for tests, in one anonymous segment. */
@@ -154,10 +137,10 @@ static void lock_excludes(mproc_start_method m, bool recursive)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_lock_type, l));
     CHECK_OK(mproc_args_add_object(a, &mproc_shm_type, s));
-    mproc_process *p1 = start(m, t_add_locked, a), *p2 = start(m, t_add_locked, a);
+    mproc_process *p1 = mtest_start(m, t_add_locked, a), *p2 = mtest_start(m, t_add_locked, a);
     mproc_args_free(a);
-    join_ok(p1);
-    join_ok(p2);
+    mtest_join(p1, 0);
+    mtest_join(p2, 0);
     CHECK_EQ(((shared *)mproc_shm_buf(s))->counter, 2 * ADDS);
     mproc_shm_close(s);
     mproc_lock_free(l);
@@ -193,7 +176,7 @@ static void owner_death(mproc_start_method m, bool recursive, bool join_first)
     CHECK_OK(mproc_args_add_object(a, &mproc_lock_type, l));
     CHECK_OK(mproc_args_add_object(a, &mproc_event_type, e));
     CHECK_OK(mproc_args_add_int(a, recursive ? 3 : 1));
-    mproc_process *p = start(m, t_hold_and_hang, a);
+    mproc_process *p = mtest_start(m, t_hold_and_hang, a);
     mproc_args_free(a);
     CHECK_OK(mproc_event_wait(e, 30.0));
     CHECK_EQ(mproc_lock_acquire(l, 0), MPROC_ETIMEDOUT);
@@ -239,9 +222,9 @@ static void lock_held_at_child_exit(mproc_start_method m)
     CHECK_OK(mproc_lock_new(&l));
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_lock_type, l));
-    mproc_process *p = start(m, t_return_holding, a);
+    mproc_process *p = mtest_start(m, t_return_holding, a);
     mproc_args_free(a);
-    join_ok(p);
+    mtest_join(p, 0);
     CHECK_EQ(mproc_lock_acquire(l, 10.0), MPROC_EOWNERDEAD);
     CHECK_OK(mproc_lock_release(l));
     mproc_lock_free(l);
@@ -320,11 +303,11 @@ static void semaphore_across(mproc_start_method m)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_semaphore_type, s));
     CHECK_OK(mproc_args_add_int(a, 1000));
-    mproc_process *p = start(m, t_release_n, a);
+    mproc_process *p = mtest_start(m, t_release_n, a);
     mproc_args_free(a);
     for (int i = 0; i < 1000; i++)
         CHECK_OK(mproc_semaphore_acquire(s, 30.0));
-    join_ok(p);
+    mtest_join(p, 0);
     CHECK_EQ(mproc_semaphore_value(s), 0);
     mproc_semaphore_free(s);
 }
@@ -451,7 +434,7 @@ static void condition_notify_counts(mproc_start_method m)
         CHECK_OK(mproc_args_add_object(a, &mproc_condition_type, back));
         CHECK_OK(mproc_args_add_object(a, &mproc_shm_type, s));
         CHECK_OK(mproc_args_add_int(a, i));
-        p[i] = start(m, t_wait_once, a);
+        p[i] = mtest_start(m, t_wait_once, a);
         mproc_args_free(a);
     }
     CHECK_OK(mproc_condition_acquire(go, 10.0));
@@ -465,7 +448,7 @@ static void condition_notify_counts(mproc_start_method m)
     CHECK_OK(mproc_condition_wait_for(back, three_woken, sh, 30.0));
     CHECK_OK(mproc_condition_release(go));
     for (int i = 0; i < 3; i++) {
-        join_ok(p[i]);
+        mtest_join(p[i], 0);
         CHECK_EQ(sh->rc[i], 0);
     }
     mproc_shm_close(s);
@@ -500,7 +483,7 @@ static void condition_owner_death(mproc_start_method m)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_condition_type, c));
     CHECK_OK(mproc_args_add_object(a, &mproc_shm_type, s));
-    mproc_process *p = start(m, t_notify_and_die, a);
+    mproc_process *p = mtest_start(m, t_notify_and_die, a);
     mproc_args_free(a);
     CHECK_EQ(mproc_condition_wait_for(c, flag_set, &sh->flag, 30.0), MPROC_EOWNERDEAD);
     CHECK(mproc_lock_is_owned(mproc_condition_lock(c)));
@@ -652,13 +635,13 @@ static void event_wakes_all(mproc_start_method m)
         mproc_args *a = mproc_args_new();
         CHECK_OK(mproc_args_add_object(a, &mproc_event_type, go));
         CHECK_OK(mproc_args_add_object(a, &mproc_event_type, done[i]));
-        p[i] = start(m, t_event_relay, a);
+        p[i] = mtest_start(m, t_event_relay, a);
         mproc_args_free(a);
     }
     mproc_event_set(go);
     for (int i = 0; i < 3; i++) {
         CHECK_OK(mproc_event_wait(done[i], 30.0));
-        join_ok(p[i]);
+        mtest_join(p[i], 0);
         mproc_event_free(done[i]);
     }
     mproc_event_free(go);
@@ -707,7 +690,7 @@ static void barrier_rounds(mproc_start_method m)
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_barrier_type, b));
     CHECK_OK(mproc_args_add_object(a, &mproc_shm_type, s));
-    mproc_process *p1 = start(m, t_barrier_rounds, a), *p2 = start(m, t_barrier_rounds, a);
+    mproc_process *p1 = mtest_start(m, t_barrier_rounds, a), *p2 = mtest_start(m, t_barrier_rounds, a);
     mproc_args_free(a);
     for (int r = 0; r < ROUNDS; r++) {
         unsigned idx = 99;
@@ -720,8 +703,8 @@ static void barrier_rounds(mproc_start_method m)
         CHECK_EQ(action_state->actions, 3 * r + 2); /* the action ran once per trip */
         CHECK_OK(mproc_barrier_wait(b, 30.0, NULL));
     }
-    join_ok(p1);
-    join_ok(p2);
+    mtest_join(p1, 0);
+    mtest_join(p2, 0);
     CHECK_EQ(action_state->actions, 3 * ROUNDS);
     CHECK(!mproc_barrier_broken(b));
     mproc_shm_close(s);
@@ -781,7 +764,7 @@ static mproc_process *barrier_child(mproc_start_method m, mproc_barrier *b, mpro
 {
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_object(a, &mproc_barrier_type, b));
-    mproc_process *p = start(m, fn, a);
+    mproc_process *p = mtest_start(m, fn, a);
     mproc_args_free(a);
     return p;
 }
@@ -803,8 +786,8 @@ static void barrier_abort_wakes_waiters(mproc_start_method m)
     p1 = barrier_child(m, b, t_barrier_once);
     p2 = barrier_child(m, b, t_barrier_once);
     CHECK_OK(mproc_barrier_wait(b, 30.0, NULL)); /* works again after reset */
-    join_ok(p1);
-    join_ok(p2);
+    mtest_join(p1, 0);
+    mtest_join(p2, 0);
     mproc_barrier_free(b);
 }
 FOR_METHODS(barrier_abort_wakes_waiters)
@@ -827,11 +810,11 @@ static void barrier_waiter_death(mproc_start_method m, bool last)
     if (!last) {
         mproc_process *q = barrier_child(m, b, t_barrier_once);
         CHECK_OK(mproc_barrier_wait(b, 30.0, NULL));
-        join_ok(q);
+        mtest_join(q, 0);
     } else {
         CHECK_OK(mproc_barrier_wait(b, 30.0, NULL));
     }
-    join_ok(p);
+    mtest_join(p, 0);
     mproc_barrier_free(b);
 }
 

@@ -52,22 +52,6 @@ struct mproc_barrier {
     mproc_barrier_action action;
 };
 
-static int robust_init(pthread_mutex_t *mu)
-{
-    pthread_mutexattr_t a;
-    int r = pthread_mutexattr_init(&a);
-    if (!r)
-        r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (!r)
-        r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (!r)
-        r = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-    if (!r)
-        r = pthread_mutex_init(mu, &a);
-    pthread_mutexattr_destroy(&a);
-    return -r;
-}
-
 static size_t state_size(uint32_t nslots)
 {
     return sizeof(barrier_st) + (size_t)nslots * sizeof(slot);
@@ -92,13 +76,13 @@ int mproc_barrier_new(mproc_barrier **out, unsigned parties, const mproc_barrier
     st->parties = parties;
     st->nslots = nslots;
     st->timeout = opts && opts->timeout > 0 ? opts->timeout : 0;
-    rc = robust_init(&st->mu);
+    rc = mproc__robust_mutex_init(&st->mu, PTHREAD_MUTEX_ERRORCHECK);
     for (uint32_t i = 0; i < nslots && !rc; i++)
-        rc = robust_init(&st->slots[i].mu);
+        rc = mproc__robust_mutex_init(&st->slots[i].mu, PTHREAD_MUTEX_ERRORCHECK);
     if (rc) {
         mproc_shm_close(b->shm);
         free(b);
-        return mproc__fail(rc, "barrier_new: cannot initialise robust mutexes");
+        return rc;
     }
     b->action = opts ? opts->action : NULL;
     b->nslots = nslots;

@@ -200,12 +200,7 @@ static int cond_export(const void *obj, mproc_buf *out, int *fds, size_t *nfds, 
         rc = mproc__put_u8(out, own);
     if (rc || own)
         return rc;
-    mproc_buf sub = {0};
-    rc = mproc_lock_type.export_obj(c->lock, &sub, fds, nfds, max_fds);
-    if (!rc)
-        rc = mproc__put_blob(out, sub.data, sub.len);
-    mproc__buf_free(&sub);
-    return rc;
+    return mproc__lock_export_nested(c->lock, out, fds, nfds, max_fds);
 }
 
 static int cond_import(const void *data, size_t len, const int *fds, size_t nfds, void **obj)
@@ -234,14 +229,7 @@ static int cond_import(const void *data, size_t len, const int *fds, size_t nfds
         else
             rc = mproc__lock_wrap(c->shm, false, ls, &c->lock);
     } else if (!rc) {
-        const uint8_t *sub;
-        size_t sublen;
-        void *lk = NULL;
-        rc = mproc__get_blob(&r, &sub, &sublen);
-        if (!rc)
-            rc = nfds >= 2 ? mproc_lock_type.import_obj(sub, sublen, fds + 1, nfds - 1, &lk)
-                           : mproc__fail(MPROC_EPROTO, "condition: lock descriptor missing");
-        c->lock = lk;
+        rc = mproc__lock_import_nested(&r, fds + 1, nfds - 1, &c->lock);
     }
     if (rc) {
         mproc_shm_close(c->shm);

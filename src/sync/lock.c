@@ -110,7 +110,7 @@ static void close_originals(const int *fds, size_t nfds)
 
 /* ----------------------------------------------------------------- locks */
 
-int mproc__lock_init(mproc__lock_st *st, bool recursive)
+int mproc__robust_mutex_init(pthread_mutex_t *mu, int type)
 {
     pthread_mutexattr_t a;
     int r = pthread_mutexattr_init(&a);
@@ -119,13 +119,19 @@ int mproc__lock_init(mproc__lock_st *st, bool recursive)
     if (!r)
         r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     if (!r)
-        r = pthread_mutexattr_settype(&a, recursive ? PTHREAD_MUTEX_RECURSIVE
-                                                    : PTHREAD_MUTEX_ERRORCHECK);
+        r = pthread_mutexattr_settype(&a, type);
     if (!r)
-        r = pthread_mutex_init(&st->mu, &a);
+        r = pthread_mutex_init(mu, &a);
     pthread_mutexattr_destroy(&a);
-    if (r)
-        return mproc__fail(-r, "lock: cannot initialise a robust shared mutex");
+    return r ? mproc__fail(-r, "sync: cannot initialise a robust shared mutex") : 0;
+}
+
+int mproc__lock_init(mproc__lock_st *st, bool recursive)
+{
+    int rc = mproc__robust_mutex_init(&st->mu, recursive ? PTHREAD_MUTEX_RECURSIVE
+                                                         : PTHREAD_MUTEX_ERRORCHECK);
+    if (rc)
+        return rc;
     st->recursive = recursive;
     st->owner = 0;
     st->depth = 0;
@@ -348,6 +354,30 @@ static int lock_import(const void *data, size_t len, const int *fds, size_t nfds
     }
     close_originals(fds, nfds);
     return 0;
+}
+
+int mproc__lock_export_nested(const mproc_lock *l, mproc_buf *out, int *fds, size_t *nfds,
+                              size_t max_fds)
+{
+    mproc_buf sub = {0};
+    int rc = lock_export(l, &sub, fds, nfds, max_fds);
+    if (!rc)
+        rc = mproc__put_blob(out, sub.data, sub.len);
+    mproc__buf_free(&sub);
+    return rc;
+}
+
+int mproc__lock_import_nested(mproc_reader *r, const int *fds, size_t nfds, mproc_lock **out)
+{
+    const uint8_t *sub;
+    size_t sublen;
+    void *lk = NULL;
+    if (mproc__get_blob(r, &sub, &sublen) || nfds < 1)
+        return mproc__fail(MPROC_EPROTO, "sync: malformed exported lock");
+    int rc = lock_import(sub, sublen, fds, nfds, &lk);
+    if (!rc)
+        *out = lk;
+    return rc;
 }
 
 static void lock_release_obj(void *obj)

@@ -20,11 +20,6 @@ typedef struct sem_st {
     _Atomic uint32_t waiters;
 } sem_st;
 
-struct mproc_semaphore {
-    mproc_shm *shm;
-    sem_st *st;
-};
-
 /* The flag is bit 0 of `word`; the rest counts set() calls, so a waiter that
  * slept through a set() quickly undone by clear() still sees that it happened
  * and returns (as Python's Event.wait does), instead of sleeping on. */
@@ -34,38 +29,85 @@ typedef struct event_st {
     _Atomic uint32_t waiters;
 } event_st;
 
-struct mproc_event {
+/* Both handles are one segment and the state at its start. */
+typedef struct simple {
     mproc_shm *shm;
-    event_st *st;
-};
+    void *st;
+} simple;
 
-/* A fresh memfd segment for one state of `size` bytes. */
-static int state_new(size_t size, mproc_shm **shm, void **st)
+struct mproc_semaphore {
+    simple h;
+};
+struct mproc_event {
+    simple h;
+};
+#define EV(e) ((event_st *)(e)->h.st)
+
+/* A handle on a fresh zero-filled segment of `size` bytes stamped with `magic`. */
+static int simple_new(size_t size, uint32_t magic, simple **out)
 {
-    int rc = mproc_shm_new(shm, size);
-    if (!rc)
-        *st = mproc_shm_buf(*shm);
-    return rc;
+    simple *h = malloc(sizeof *h);
+    if (!h)
+        return MPROC_ENOMEM;
+    int rc = mproc_shm_new(&h->shm, size);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    h->st = mproc_shm_buf(h->shm);
+    *(uint32_t *)h->st = magic;
+    *out = h;
+    return 0;
 }
+
+static void simple_free(void *obj)
+{
+    simple *h = obj;
+    if (!h)
+        return;
+    mproc_shm_close(h->shm);
+    free(h);
+}
+
+static int simple_export(const void *obj, mproc_buf *out, int *fds, size_t *nfds, size_t max_fds)
+{
+    const simple *h = obj;
+    return mproc__sobj_export(h->shm, h->st, out, fds, nfds, max_fds);
+}
+
+/* Import into a new handle; on success the originals are closed (the handle
+ * maps a duplicate). */
+static int simple_import(const void *data, size_t len, const int *fds, size_t nfds, uint32_t magic,
+                         size_t size, void **obj)
+{
+    simple *h = malloc(sizeof *h);
+    if (!h)
+        return MPROC_ENOMEM;
+    int rc = mproc__sobj_import(data, len, fds, nfds, magic, size, &h->shm, &h->st, NULL);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    for (size_t i = 0; i < nfds; i++)
+        close(fds[i]);
+    *obj = h;
+    return 0;
+}
+
+/* ------------------------------------------------------------- Semaphore */
 
 static int sem_new(mproc_semaphore **out, unsigned value, bool bounded)
 {
     if (!out || value > MPROC_SEM_VALUE_MAX)
         return mproc__fail(MPROC_EINVAL, "semaphore_new: value must be <= %u", MPROC_SEM_VALUE_MAX);
-    mproc_semaphore *s = malloc(sizeof *s);
-    if (!s)
-        return MPROC_ENOMEM;
-    void *st;
-    int rc = state_new(sizeof(sem_st), &s->shm, &st);
-    if (rc) {
-        free(s);
+    simple *h;
+    int rc = simple_new(sizeof(sem_st), MPROC__SYNC_SEM, &h);
+    if (rc)
         return rc;
-    }
-    s->st = st;
-    s->st->bound = bounded ? value : MPROC_SEM_VALUE_MAX;
-    s->st->value = value;
-    s->st->magic = MPROC__SYNC_SEM;
-    *out = s;
+    sem_st *st = h->st;
+    st->bound = bounded ? value : MPROC_SEM_VALUE_MAX;
+    st->value = value;
+    *out = (mproc_semaphore *)h;
     return 0;
 }
 
@@ -92,7 +134,7 @@ int mproc_semaphore_acquire(mproc_semaphore *s, double timeout)
 {
     if (!s)
         return mproc__fail(MPROC_EINVAL, "semaphore_acquire: NULL semaphore");
-    sem_st *st = s->st;
+    sem_st *st = (sem_st *)s->h.st;
     if (sem_try(st))
         return 0;
     if (timeout == 0)
@@ -113,7 +155,7 @@ int mproc_semaphore_release(mproc_semaphore *s)
 {
     if (!s)
         return mproc__fail(MPROC_EINVAL, "semaphore_release: NULL semaphore");
-    sem_st *st = s->st;
+    sem_st *st = (sem_st *)s->h.st;
     uint32_t max = st->bound;
     uint32_t v = atomic_load(&st->value);
     do {
@@ -127,58 +169,21 @@ int mproc_semaphore_release(mproc_semaphore *s)
 
 unsigned mproc_semaphore_value(const mproc_semaphore *s)
 {
-    return s ? atomic_load(&s->st->value) : 0;
+    return s ? atomic_load(&((sem_st *)s->h.st)->value) : 0;
 }
 
 void mproc_semaphore_free(mproc_semaphore *s)
 {
-    if (!s)
-        return;
-    mproc_shm_close(s->shm);
-    free(s);
-}
-
-static int sem_export(const void *obj, mproc_buf *out, int *fds, size_t *nfds, size_t max_fds)
-{
-    const mproc_semaphore *s = obj;
-    return mproc__sobj_export(s->shm, s->st, out, fds, nfds, max_fds);
-}
-
-/* Import a single-segment object; on success the originals are closed (the
- * handle maps a duplicate). */
-static int simple_import(const void *data, size_t len, const int *fds, size_t nfds, uint32_t magic,
-                         size_t size, mproc_shm **shm, void **st)
-{
-    int rc = mproc__sobj_import(data, len, fds, nfds, magic, size, shm, st, NULL);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < nfds; i++)
-        close(fds[i]);
-    return 0;
+    simple_free(s);
 }
 
 static int sem_import(const void *data, size_t len, const int *fds, size_t nfds, void **obj)
 {
-    mproc_semaphore *s = malloc(sizeof *s);
-    void *st;
-    int rc = s ? simple_import(data, len, fds, nfds, MPROC__SYNC_SEM, sizeof(sem_st), &s->shm, &st)
-               : MPROC_ENOMEM;
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    s->st = st;
-    *obj = s;
-    return 0;
+    return simple_import(data, len, fds, nfds, MPROC__SYNC_SEM, sizeof(sem_st), obj);
 }
 
-static void sem_release_obj(void *obj)
-{
-    mproc_semaphore_free(obj);
-}
-
-const mproc_shareable_type mproc_semaphore_type = {"mproc.semaphore", sem_export, sem_import,
-                                                   sem_release_obj};
+const mproc_shareable_type mproc_semaphore_type = {"mproc.semaphore", simple_export, sem_import,
+                                                   simple_free};
 
 /* ----------------------------------------------------------------- Event */
 
@@ -186,19 +191,11 @@ int mproc_event_new(mproc_event **out)
 {
     if (!out)
         return mproc__fail(MPROC_EINVAL, "event_new: out is NULL");
-    mproc_event *e = malloc(sizeof *e);
-    if (!e)
-        return MPROC_ENOMEM;
-    void *st;
-    int rc = state_new(sizeof(event_st), &e->shm, &st);
-    if (rc) {
-        free(e);
-        return rc;
-    }
-    e->st = st;
-    e->st->magic = MPROC__SYNC_EVENT;
-    *out = e;
-    return 0;
+    simple *h;
+    int rc = simple_new(sizeof(event_st), MPROC__SYNC_EVENT, &h);
+    if (!rc)
+        *out = (mproc_event *)h;
+    return rc;
 }
 
 void mproc_event_set(mproc_event *e)
@@ -206,29 +203,29 @@ void mproc_event_set(mproc_event *e)
     if (!e)
         return;
     /* One more set() (the count lives above bit 0), flag on. */
-    uint32_t w = atomic_load(&e->st->word);
-    while (!atomic_compare_exchange_weak(&e->st->word, &w, (w + 2) | 1u))
+    uint32_t w = atomic_load(&EV(e)->word);
+    while (!atomic_compare_exchange_weak(&EV(e)->word, &w, (w + 2) | 1u))
         ;
-    if (atomic_load(&e->st->waiters))
-        mproc__futex_wake(&e->st->word, INT_MAX);
+    if (atomic_load(&EV(e)->waiters))
+        mproc__futex_wake(&EV(e)->word, INT_MAX);
 }
 
 void mproc_event_clear(mproc_event *e)
 {
     if (e)
-        atomic_fetch_and(&e->st->word, ~1u);
+        atomic_fetch_and(&EV(e)->word, ~1u);
 }
 
 bool mproc_event_is_set(const mproc_event *e)
 {
-    return e && (atomic_load(&e->st->word) & 1u) != 0;
+    return e && (atomic_load(&EV(e)->word) & 1u) != 0;
 }
 
 int mproc_event_wait(mproc_event *e, double timeout)
 {
     if (!e)
         return mproc__fail(MPROC_EINVAL, "event_wait: NULL event");
-    event_st *st = e->st;
+    event_st *st = EV(e);
     uint32_t w0 = atomic_load(&st->word);
     if (w0 & 1u)
         return 0;
@@ -249,37 +246,13 @@ int mproc_event_wait(mproc_event *e, double timeout)
 
 void mproc_event_free(mproc_event *e)
 {
-    if (!e)
-        return;
-    mproc_shm_close(e->shm);
-    free(e);
-}
-
-static int event_export(const void *obj, mproc_buf *out, int *fds, size_t *nfds, size_t max_fds)
-{
-    const mproc_event *e = obj;
-    return mproc__sobj_export(e->shm, e->st, out, fds, nfds, max_fds);
+    simple_free(e);
 }
 
 static int event_import(const void *data, size_t len, const int *fds, size_t nfds, void **obj)
 {
-    mproc_event *e = malloc(sizeof *e);
-    void *st;
-    int rc = e ? simple_import(data, len, fds, nfds, MPROC__SYNC_EVENT, sizeof(event_st), &e->shm, &st)
-               : MPROC_ENOMEM;
-    if (rc) {
-        free(e);
-        return rc;
-    }
-    e->st = st;
-    *obj = e;
-    return 0;
+    return simple_import(data, len, fds, nfds, MPROC__SYNC_EVENT, sizeof(event_st), obj);
 }
 
-static void event_release_obj(void *obj)
-{
-    mproc_event_free(obj);
-}
-
-const mproc_shareable_type mproc_event_type = {"mproc.event", event_export, event_import,
-                                               event_release_obj};
+const mproc_shareable_type mproc_event_type = {"mproc.event", simple_export, event_import,
+                                               simple_free};

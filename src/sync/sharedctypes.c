@@ -399,30 +399,7 @@ static int sc_export(const sc *c, mproc_buf *out, int *fds, size_t *nfds, size_t
         rc = mproc__put_u8(out, c->borrowed);
     if (rc || !c->borrowed)
         return rc;
-    mproc_buf sub = {0};
-    rc = mproc_lock_type.export_obj(c->lock, &sub, fds, nfds, max_fds);
-    if (!rc)
-        rc = mproc__put_blob(out, sub.data, sub.len);
-    mproc__buf_free(&sub);
-    return rc;
-}
-
-/* The segment size the wire claims must not exceed the descriptor's file:
- * mapping past its end would turn our first read into SIGBUS. */
-static int check_segment_fits(const void *data, size_t len, int fd)
-{
-    mproc_reader r = {data, (const uint8_t *)data + len};
-    uint64_t off, size;
-    const uint8_t *seg;
-    size_t seglen;
-    if (mproc__get_u64(&r, &off) || mproc__get_blob(&r, &seg, &seglen))
-        return mproc__fail(MPROC_EPROTO, "shared value/array: malformed export");
-    mproc_reader sr = {seg, seg + seglen};
-    struct stat st;
-    if (mproc__get_u64(&sr, &size) || fstat(fd, &st) < 0 || st.st_size < 0 ||
-        size > (uint64_t)st.st_size)
-        return mproc__fail(MPROC_EPROTO, "shared value/array: segment larger than its descriptor");
-    return 0;
+    return mproc__lock_export_nested(c->lock, out, fds, nfds, max_fds);
 }
 
 static int bad(const char *why)
@@ -475,12 +452,9 @@ static int sc_import(const void *data, size_t len, const int *fds, size_t nfds, 
     memset(c, 0, sizeof *c);
     if (!data || nfds < 1)
         return bad("no descriptor");
-    int rc = check_segment_fits(data, len, fds[0]);
-    if (rc)
-        return rc;
     void *st;
-    mproc_reader r;
-    rc = mproc__sobj_import(data, len, fds, nfds, magic, sizeof(sc_hdr), &c->shm, &st, &r);
+    mproc_reader r; /* (mproc_shm_type's import checks the size against the descriptor) */
+    int rc = mproc__sobj_import(data, len, fds, nfds, magic, sizeof(sc_hdr), &c->shm, &st, &r);
     if (rc)
         return rc;
     uint8_t borrowed = 0;
@@ -493,16 +467,8 @@ static int sc_import(const void *data, size_t len, const int *fds, size_t nfds, 
     if (!rc && nfds != (borrowed ? 2u : 1u))
         rc = bad("descriptor count");
     if (!rc && borrowed) {
-        const uint8_t *sub;
-        size_t sublen;
-        void *lk = NULL;
-        rc = mproc__get_blob(&r, &sub, &sublen);
-        if (!rc)
-            rc = mproc_lock_type.import_obj(sub, sublen, fds + 1, 1, &lk);
-        if (!rc) {
-            c->lock = lk;
-            c->free_lock = true;
-        }
+        rc = mproc__lock_import_nested(&r, fds + 1, 1, &c->lock);
+        c->free_lock = rc == 0;
     }
     if (rc) {
         sc_free(c);

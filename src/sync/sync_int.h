@@ -49,6 +49,8 @@ struct mproc_lock {
     mproc__lock_st *st;
 };
 
+/* A robust, process-shared pthread mutex of `type` (0 or a negative code). */
+int mproc__robust_mutex_init(pthread_mutex_t *mu, int type);
 int mproc__lock_init(mproc__lock_st *st, bool recursive);
 /* Close a segment holding lock state `st` (may be NULL): unmapped, unless a
  * live thread of this process holds that lock, in which case the page is
@@ -58,6 +60,12 @@ void mproc__sync_close_shm(mproc_shm *shm, const mproc__lock_st *st);
 int mproc__lock_wrap(mproc_shm *shm, bool own_shm, mproc__lock_st *st, mproc_lock **out);
 /* Release every level held by the caller, reporting how many; and take them back
  * (0 or MPROC_EOWNERDEAD). Used by Condition.wait. */
+/* A borrowed lock inside another object's export: appended as a blob (its fd
+ * after the caller's), and read back from `r` with fds[0..nfds) its own
+ * descriptors (closed on success, as every import does). */
+int mproc__lock_export_nested(const mproc_lock *l, mproc_buf *out, int *fds, size_t *nfds,
+                              size_t max_fds);
+int mproc__lock_import_nested(mproc_reader *r, const int *fds, size_t nfds, mproc_lock **out);
 int mproc__lock_release_all(mproc_lock *l, uint32_t *depth);
 int mproc__lock_restore(mproc_lock *l, uint32_t depth);
 
