@@ -6,9 +6,9 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
 # Debian packages the build, tests, demo and benchmarks need.
-DEB_DEPS = cmake make gcc g++ pkg-config python3 libc6-dev
+DEB_DEPS = cmake make gcc g++ pkg-config python3 libc6-dev libmsgpack-dev libssl-dev clang
 
-.PHONY: all build deps demo test test-normal test-asan bench install clean
+.PHONY: all build deps demo test test-normal test-asan test-fuzz bench install clean
 
 all: build
 
@@ -22,7 +22,7 @@ build:
 demo: deps build
 	bash examples/tour.sh $(BUILD)
 
-test: deps test-normal test-asan
+test: deps test-normal test-asan test-fuzz
 
 test-normal: build
 	cd $(BUILD) && ctest --output-on-failure -j1
@@ -35,6 +35,11 @@ test-asan:
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j1
 
+# libFuzzer targets (tests/fuzz/fuzz_*.c), FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 10
+test-fuzz:
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS) build-fuzz
+
 bench: deps
 	cmake -S . -B $(BENCH_BUILD) -DCMAKE_BUILD_TYPE=Release -DMPROC_BUILD_TESTS=OFF $(CMAKE_FLAGS)
 	cmake --build $(BENCH_BUILD) -j$(JOBS)
@@ -44,4 +49,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(BENCH_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(BENCH_BUILD) build-fuzz
