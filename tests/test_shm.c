@@ -103,6 +103,40 @@ MTEST(test_named_create_attach_unlink)
     mproc_shm_close(NULL);
 }
 
+/* An anonymous segment cannot be resized by anyone it is shared with. */
+static int t_try_shrink(mproc_args *a)
+{
+    mproc_shm *s = mproc_args_object(a, 0, &mproc_shm_type);
+    int fd = -1;
+    for (int i = 3; i < 1024 && fd < 0; i++) { /* find the segment's descriptor */
+        char link[64], target[256];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", i);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0 && (target[n] = 0, strstr(target, "memfd:mproc-shm")))
+            fd = i;
+    }
+    if (!s || fd < 0)
+        return 2;
+    if (ftruncate(fd, 0) == 0 || ftruncate(fd, 1 << 20) == 0)
+        return 3;
+    ((char *)mproc_shm_buf(s))[SEG - 1] = 7; /* still all there */
+    return 0;
+}
+
+static void sealed_segment(mproc_start_method m)
+{
+    mproc_shm *s;
+    CHECK_OK(mproc_shm_new(&s, SEG));
+    mproc_args *a = mproc_args_new();
+    CHECK_OK(mproc_args_add_object(a, &mproc_shm_type, s));
+    mproc_process *p = mtest_start(m, t_try_shrink, a);
+    mproc_args_free(a);
+    mtest_join(p, 0);
+    CHECK_EQ(((char *)mproc_shm_buf(s))[SEG - 1], 7);
+    mproc_shm_close(s);
+}
+FOR_METHODS(sealed_segment)
+
 MTEST(test_bad_arguments_are_refused)
 {
     mproc_shm *s;
@@ -213,6 +247,7 @@ int main(int argc, char **argv)
         METHOD_ENTRIES(anonymous),
         METHOD_ENTRIES(named),
         MTEST_ENTRY(test_named_create_attach_unlink),
+        METHOD_ENTRIES(sealed_segment),
         MTEST_ENTRY(test_bad_arguments_are_refused),
         MTEST_ENTRY(test_null_name_picks_a_fresh_one),
         MTEST_ENTRY(test_python_and_mproc_attach_each_others_segments),

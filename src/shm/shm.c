@@ -43,11 +43,15 @@ int mproc_shm_new(mproc_shm **out, size_t size)
 {
     if (!out || size == 0)
         return mproc__fail(MPROC_EINVAL, "shm_new: size must be > 0");
-    int fd = memfd_create("mproc-shm", MFD_CLOEXEC);
+    int fd = memfd_create("mproc-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return mproc__fail(mproc__errno(), "shm_new: memfd_create failed");
+    /* Sealed at its size: no process it is shared with can shrink it under the
+     * others' mappings (which would turn their next access into SIGBUS). */
     int rc = ftruncate(fd, (off_t)size) < 0
                  ? mproc__fail(mproc__errno(), "shm_new: cannot size segment to %zu bytes", size)
+             : fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0
+                 ? mproc__fail(mproc__errno(), "shm_new: cannot seal the segment")
                  : map_fd(fd, size, NULL, false, out);
     if (rc)
         close(fd);
