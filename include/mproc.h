@@ -7,5 +7,6 @@
 #include "mproc/process.h"
 #include "mproc/shm.h"
 #include "mproc/sync.h"
+#include "mproc/value.h"
 
 #endif

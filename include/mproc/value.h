@@ -116,7 +116,9 @@ int mproc_msgpack_decode(const void *data, size_t len, const mproc_decode_limits
  * call (GLOBAL, STACK_GLOBAL, REDUCE, BUILD, INST, OBJ, NEWOBJ, NEWOBJ_EX,
  * PERSID, EXT*, ...) are refused with MPROC_EPROTO, never executed, except
  * one whitelisted shape: builtins.<Name>Error / Exception / Warning called
- * with a tuple of arguments, which decodes to an ERROR value. */
+ * with a tuple of arguments, which decodes to an ERROR value (and the fixed
+ * spellings protocols 0-3 use for set, frozenset, bytes and bytearray; see
+ * docs/value.md). Memo references decode as copies. */
 int mproc_pickle_encode(const mproc_value *v, int protocol, mproc_buf *out);
 int mproc_pickle_decode(const void *data, size_t len, const mproc_decode_limits *lim,
                         mproc_value **out);

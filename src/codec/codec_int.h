@@ -1,0 +1,79 @@
+/* codec_int.h — the layout of mproc_value and helpers shared by the value
+ * module and its two codecs (MessagePack, pickle). Private to src/codec. */
+#ifndef MPROC_CODEC_INT_H
+#define MPROC_CODEC_INT_H
+
+#include "internal.h"
+#include "mproc/value.h"
+
+/* Recursive operations (copy, equal, repr, encoders) refuse trees nested
+ * deeper than this, so a hand-built or decoded value can never overflow the
+ * C stack; decoders cap max_depth at it for the same reason. */
+#define MPROC__MAX_NEST 10000
+
+#define MPROC__DEFAULT_MAX_DEPTH 256
+#define MPROC__DEFAULT_MAX_ITEMS ((size_t)16 << 20)
+#define MPROC__DEFAULT_MAX_BYTES ((size_t)1 << 30)
+
+/* Decoder-internal type tag: a whitelisted pickle global waiting for REDUCE.
+ * It never leaves the pickle decoder. */
+#define MPROC__V_GLOBAL ((mproc_vtype)100)
+
+typedef struct mproc__entry {
+    mproc_value *key, *val;
+} mproc__entry;
+
+struct mproc_value {
+    mproc_vtype type;
+    /* Nesting height: 0 for scalars, 1 + the highest child for containers.
+     * Maintained by append/map_set; exact for decoded trees, which are never
+     * mutated behind their parent's back. */
+    uint32_t height;
+    union {
+        bool b;
+        int64_t i;
+        double d;
+        struct {
+            char *p; /* NUL-terminated (for STR; BYTES too, harmlessly) */
+            size_t n;
+        } s;
+        struct {
+            mproc_value **v;
+            size_t n, cap;
+        } l;
+        struct {
+            mproc__entry *e;
+            size_t n, cap;
+            uint32_t *index; /* open addressing over e[], 0 = empty, else i+1 */
+            size_t icap;     /* 0 until the map grows past a few entries */
+        } m;
+        struct {
+            char *type, *msg;
+        } e;
+        struct {
+            int kind;    /* decoder-defined */
+            char *name;  /* qualified name, for messages */
+        } g;
+    } u;
+};
+
+mproc_value *mproc__value_alloc(mproc_vtype t);
+/* A STR/BYTES node taking ownership of p (malloc'd, n bytes + room for NUL at p[n]). */
+mproc_value *mproc__value_take_str(mproc_vtype t, char *p, size_t n);
+/* Strict UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
+bool mproc__utf8_valid(const uint8_t *p, size_t n);
+/* map[key] = val without freeing what a replacement drops: *old_key (the new,
+ * redundant key) and *old (the replaced value) receive them, or NULL, so a
+ * decoder that still references them (pickle memo) can defer the free.
+ * Takes ownership of key and val in every case. */
+int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_value **old_key,
+                   mproc_value **old);
+/* Resolve zero fields of `lim` to the defaults and cap the depth. */
+mproc_decode_limits mproc__limits(const mproc_decode_limits *lim);
+/* Deep copy counting every node against *budget (fails with NULL and
+ * *budget == SIZE_MAX when exhausted). */
+mproc_value *mproc__value_copy_counted(const mproc_value *v, size_t *budget);
+/* Shortest round-trip repr of a double, Python style ("1.0", "1e+16", "inf"). */
+void mproc__float_repr(double d, char *buf, size_t len);
+
+#endif

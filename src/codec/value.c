@@ -1,0 +1,864 @@
+/* value.c — the dynamic value tree: builders, accessors, deep copy/equality/
+ * free, and a Python-style repr. Maps keep insertion order with a hash index. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec_int.h"
+
+/* ------------------------------------------------------------ nodes */
+
+mproc_value *mproc__value_alloc(mproc_vtype t)
+{
+    mproc_value *v = calloc(1, sizeof *v);
+    if (v) {
+        v->type = t;
+        v->height = (t == MPROC_V_LIST || t == MPROC_V_MAP) ? 1 : 0;
+    }
+    return v;
+}
+
+mproc_value *mproc__value_take_str(mproc_vtype t, char *p, size_t n)
+{
+    mproc_value *v = mproc__value_alloc(t);
+    if (!v) {
+        free(p);
+        return NULL;
+    }
+    p[n] = 0;
+    v->u.s.p = p;
+    v->u.s.n = n;
+    return v;
+}
+
+bool mproc__utf8_valid(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k;
+        uint32_t cp, min;
+        if (c >= 0xc2 && c <= 0xdf)
+            k = 1, cp = c & 0x1f, min = 0x80;
+        else if (c >= 0xe0 && c <= 0xef)
+            k = 2, cp = c & 0x0f, min = 0x800;
+        else if (c >= 0xf0 && c <= 0xf4)
+            k = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return false;
+        if (n - i <= k)
+            return false;
+        for (size_t j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + j] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+static mproc_value *new_blob(mproc_vtype t, const void *p, size_t len)
+{
+    if (len == SIZE_MAX)
+        return NULL;
+    char *c = malloc(len + 1);
+    if (!c)
+        return NULL;
+    if (len)
+        memcpy(c, p, len);
+    return mproc__value_take_str(t, c, len);
+}
+
+mproc_value *mproc_value_nil(void) { return mproc__value_alloc(MPROC_V_NIL); }
+
+mproc_value *mproc_value_bool(bool b)
+{
+    mproc_value *v = mproc__value_alloc(MPROC_V_BOOL);
+    if (v)
+        v->u.b = b;
+    return v;
+}
+
+mproc_value *mproc_value_int(int64_t i)
+{
+    mproc_value *v = mproc__value_alloc(MPROC_V_INT);
+    if (v)
+        v->u.i = i;
+    return v;
+}
+
+mproc_value *mproc_value_float(double d)
+{
+    mproc_value *v = mproc__value_alloc(MPROC_V_FLOAT);
+    if (v)
+        v->u.d = d;
+    return v;
+}
+
+mproc_value *mproc_value_str(const char *s) { return s ? mproc_value_strn(s, strlen(s)) : NULL; }
+
+mproc_value *mproc_value_strn(const char *s, size_t len)
+{
+    if ((!s && len) || !mproc__utf8_valid((const uint8_t *)s, len))
+        return NULL;
+    return new_blob(MPROC_V_STR, s, len);
+}
+
+mproc_value *mproc_value_bytes(const void *p, size_t len)
+{
+    if (!p && len)
+        return NULL;
+    return new_blob(MPROC_V_BYTES, p, len);
+}
+
+mproc_value *mproc_value_list(void) { return mproc__value_alloc(MPROC_V_LIST); }
+mproc_value *mproc_value_map(void) { return mproc__value_alloc(MPROC_V_MAP); }
+
+mproc_value *mproc_value_error(const char *type, const char *message)
+{
+    if (!type || !*type)
+        return NULL;
+    if (!message)
+        message = "";
+    if (!mproc__utf8_valid((const uint8_t *)type, strlen(type)) ||
+        !mproc__utf8_valid((const uint8_t *)message, strlen(message)))
+        return NULL;
+    mproc_value *v = mproc__value_alloc(MPROC_V_ERROR);
+    if (!v)
+        return NULL;
+    v->u.e.type = strdup(type);
+    v->u.e.msg = strdup(message);
+    if (!v->u.e.type || !v->u.e.msg) {
+        mproc_value_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static void grow_height(mproc_value *parent, const mproc_value *child)
+{
+    if (child->height >= parent->height)
+        parent->height = child->height + 1;
+}
+
+int mproc_value_append(mproc_value *list, mproc_value *item)
+{
+    if (!item || item == list) /* a list inside itself would be a cycle: never freed twice */
+        return mproc__fail(MPROC_EINVAL, "append: NULL item or the list itself");
+    if (!list || list->type != MPROC_V_LIST) {
+        mproc_value_free(item);
+        return mproc__fail(MPROC_EINVAL, "append: not a list");
+    }
+    if (list->u.l.n == list->u.l.cap) {
+        size_t cap = list->u.l.cap ? list->u.l.cap * 2 : 4;
+        mproc_value **v = cap > SIZE_MAX / sizeof *v ? NULL : realloc(list->u.l.v, cap * sizeof *v);
+        if (!v) {
+            mproc_value_free(item);
+            return MPROC_ENOMEM;
+        }
+        list->u.l.v = v;
+        list->u.l.cap = cap;
+    }
+    list->u.l.v[list->u.l.n++] = item;
+    grow_height(list, item);
+    return 0;
+}
+
+/* ------------------------------------------------------------ maps */
+
+static bool hashable(const mproc_value *k)
+{
+    return k->type != MPROC_V_LIST && k->type != MPROC_V_MAP && k->type != MPROC_V_ERROR &&
+           k->type != MPROC__V_GLOBAL;
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t key_hash(const mproc_value *k)
+{
+    uint64_t h = fnv(0xcbf29ce484222325ull, &k->type, sizeof k->type);
+    switch (k->type) {
+    case MPROC_V_BOOL: {
+        uint8_t b = k->u.b;
+        return fnv(h, &b, 1);
+    }
+    case MPROC_V_INT:
+        return fnv(h, &k->u.i, sizeof k->u.i);
+    case MPROC_V_FLOAT: {
+        double d = k->u.d;
+        if (d == 0)
+            d = 0; /* -0.0 == 0.0 */
+        if (isnan(d))
+            return h ^ 0x7ff8;
+        return fnv(h, &d, sizeof d);
+    }
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        return fnv(h, k->u.s.p, k->u.s.n);
+    default:
+        return h;
+    }
+}
+
+static int index_rebuild(mproc_value *m, size_t icap)
+{
+    uint32_t *ix = calloc(icap, sizeof *ix);
+    if (!ix)
+        return MPROC_ENOMEM;
+    for (size_t i = 0; i < m->u.m.n; i++) {
+        size_t s = (size_t)key_hash(m->u.m.e[i].key) & (icap - 1);
+        while (ix[s])
+            s = (s + 1) & (icap - 1);
+        ix[s] = (uint32_t)(i + 1);
+    }
+    free(m->u.m.index);
+    m->u.m.index = ix;
+    m->u.m.icap = icap;
+    return 0;
+}
+
+/* Index of an entry whose key equals k, or SIZE_MAX. */
+static size_t map_find(const mproc_value *m, const mproc_value *k)
+{
+    if (!m->u.m.icap) {
+        for (size_t i = 0; i < m->u.m.n; i++)
+            if (mproc_value_equal(m->u.m.e[i].key, k))
+                return i;
+        return SIZE_MAX;
+    }
+    size_t mask = m->u.m.icap - 1, s = (size_t)key_hash(k) & mask;
+    for (; m->u.m.index[s]; s = (s + 1) & mask) {
+        size_t i = m->u.m.index[s] - 1;
+        if (mproc_value_equal(m->u.m.e[i].key, k))
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_value **old_key,
+                   mproc_value **old)
+{
+    int rc = 0;
+    *old = *old_key = NULL;
+    if (!key || !val) {
+        rc = mproc__fail(MPROC_EINVAL, "map_set: NULL key or value");
+        goto fail;
+    }
+    if (!map || map->type != MPROC_V_MAP) {
+        rc = mproc__fail(MPROC_EINVAL, "map_set: not a map");
+        goto fail;
+    }
+    if (!hashable(key)) {
+        rc = mproc__fail(MPROC_EINVAL, "map_set: a list, map or error cannot be a key");
+        goto fail;
+    }
+    size_t i = map_find(map, key);
+    if (i != SIZE_MAX) {
+        *old_key = key; /* Python keeps the first key object too */
+        *old = map->u.m.e[i].val;
+        map->u.m.e[i].val = val;
+        grow_height(map, val);
+        return 0;
+    }
+    if (map->u.m.n >= UINT32_MAX - 1) {
+        rc = mproc__fail(MPROC_ENOMEM, "map_set: too many entries");
+        goto fail;
+    }
+    if (map->u.m.n == map->u.m.cap) {
+        size_t cap = map->u.m.cap ? map->u.m.cap * 2 : 4;
+        mproc__entry *e = cap > SIZE_MAX / sizeof *e ? NULL : realloc(map->u.m.e, cap * sizeof *e);
+        if (!e) {
+            rc = MPROC_ENOMEM;
+            goto fail;
+        }
+        map->u.m.e = e;
+        map->u.m.cap = cap;
+    }
+    size_t n = map->u.m.n;
+    map->u.m.e[n].key = key;
+    map->u.m.e[n].val = val;
+    map->u.m.n = n + 1;
+    if (map->u.m.icap || n + 1 > 8) {
+        /* keep the load factor at or below 1/2 */
+        if ((n + 1) * 2 > map->u.m.icap) {
+            size_t icap = 16;
+            while (icap < (n + 1) * 2)
+                icap *= 2;
+            if (index_rebuild(map, icap) != 0) {
+                map->u.m.n = n;
+                rc = MPROC_ENOMEM;
+                goto fail;
+            }
+        } else {
+            size_t mask = map->u.m.icap - 1, s = (size_t)key_hash(key) & mask;
+            while (map->u.m.index[s])
+                s = (s + 1) & mask;
+            map->u.m.index[s] = (uint32_t)(n + 1);
+        }
+    }
+    grow_height(map, key);
+    grow_height(map, val);
+    return 0;
+fail:
+    mproc_value_free(key);
+    mproc_value_free(val);
+    return rc;
+}
+
+int mproc_value_map_set(mproc_value *map, mproc_value *key, mproc_value *val)
+{
+    mproc_value *old, *old_key;
+    int rc = mproc__map_set(map, key, val, &old_key, &old);
+    mproc_value_free(old_key);
+    mproc_value_free(old);
+    return rc;
+}
+
+/* ------------------------------------------------------------ accessors */
+
+mproc_vtype mproc_value_type(const mproc_value *v) { return v ? v->type : MPROC_V_NIL; }
+bool mproc_value_as_bool(const mproc_value *v) { return v && v->type == MPROC_V_BOOL && v->u.b; }
+int64_t mproc_value_as_int(const mproc_value *v) { return v && v->type == MPROC_V_INT ? v->u.i : 0; }
+
+double mproc_value_as_float(const mproc_value *v)
+{
+    if (v && v->type == MPROC_V_FLOAT)
+        return v->u.d;
+    if (v && v->type == MPROC_V_INT)
+        return (double)v->u.i;
+    return 0.0;
+}
+
+const char *mproc_value_as_str(const mproc_value *v, size_t *len)
+{
+    if (!v || v->type != MPROC_V_STR)
+        return NULL;
+    if (len)
+        *len = v->u.s.n;
+    return v->u.s.p;
+}
+
+const void *mproc_value_as_bytes(const mproc_value *v, size_t *len)
+{
+    if (!v || v->type != MPROC_V_BYTES)
+        return NULL;
+    if (len)
+        *len = v->u.s.n;
+    return v->u.s.p;
+}
+
+size_t mproc_value_len(const mproc_value *v)
+{
+    if (!v)
+        return 0;
+    switch (v->type) {
+    case MPROC_V_LIST:
+        return v->u.l.n;
+    case MPROC_V_MAP:
+        return v->u.m.n;
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        return v->u.s.n;
+    default:
+        return 0;
+    }
+}
+
+mproc_value *mproc_value_at(const mproc_value *v, size_t i)
+{
+    if (v && v->type == MPROC_V_LIST)
+        return i < v->u.l.n ? v->u.l.v[i] : NULL;
+    if (v && v->type == MPROC_V_MAP)
+        return i < v->u.m.n ? v->u.m.e[i].val : NULL;
+    return NULL;
+}
+
+mproc_value *mproc_value_key_at(const mproc_value *v, size_t i)
+{
+    return v && v->type == MPROC_V_MAP && i < v->u.m.n ? v->u.m.e[i].key : NULL;
+}
+
+mproc_value *mproc_value_get(const mproc_value *v, const char *key)
+{
+    if (!v || v->type != MPROC_V_MAP || !key)
+        return NULL;
+    mproc_value k = {.type = MPROC_V_STR};
+    k.u.s.p = (char *)key;
+    k.u.s.n = strlen(key);
+    size_t i = map_find(v, &k);
+    return i == SIZE_MAX ? NULL : v->u.m.e[i].val;
+}
+
+const char *mproc_value_error_type(const mproc_value *v)
+{
+    return v && v->type == MPROC_V_ERROR ? v->u.e.type : NULL;
+}
+
+const char *mproc_value_error_message(const mproc_value *v)
+{
+    return v && v->type == MPROC_V_ERROR ? v->u.e.msg : NULL;
+}
+
+/* ------------------------------------------------------------ free / copy / equal */
+
+/* Frees one node's own storage and hands its children to `push`. */
+static void free_node(mproc_value *v, void (*push)(void *ctx, mproc_value *c), void *ctx)
+{
+    switch ((int)v->type) {
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        free(v->u.s.p);
+        break;
+    case MPROC_V_LIST:
+        for (size_t i = 0; i < v->u.l.n; i++)
+            push(ctx, v->u.l.v[i]);
+        free(v->u.l.v);
+        break;
+    case MPROC_V_MAP:
+        for (size_t i = 0; i < v->u.m.n; i++) {
+            push(ctx, v->u.m.e[i].key);
+            push(ctx, v->u.m.e[i].val);
+        }
+        free(v->u.m.e);
+        free(v->u.m.index);
+        break;
+    case MPROC_V_ERROR:
+        free(v->u.e.type);
+        free(v->u.e.msg);
+        break;
+    case MPROC__V_GLOBAL:
+        free(v->u.g.name);
+        break;
+    default:
+        break;
+    }
+    free(v);
+}
+
+typedef struct {
+    mproc_value **v;
+    size_t n, cap;
+} free_stack;
+
+static void free_push(void *ctx, mproc_value *c)
+{
+    free_stack *s = ctx;
+    if (!c)
+        return;
+    if (c->type != MPROC_V_LIST && c->type != MPROC_V_MAP) {
+        free_node(c, free_push, ctx); /* leaves have no children: no recursion */
+        return;
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        mproc_value **v = realloc(s->v, cap * sizeof *v);
+        if (!v) {
+            /* Out of memory while freeing: fall back to recursion for this subtree. */
+            free_stack sub = {0};
+            free_node(c, free_push, &sub);
+            while (sub.n)
+                free_node(sub.v[--sub.n], free_push, &sub);
+            free(sub.v);
+            return;
+        }
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = c;
+}
+
+void mproc_value_free(mproc_value *v)
+{
+    if (!v)
+        return;
+    free_stack s = {0};
+    free_node(v, free_push, &s);
+    while (s.n)
+        free_node(s.v[--s.n], free_push, &s);
+    free(s.v);
+}
+
+typedef struct {
+    size_t left;     /* nodes still allowed */
+    bool exhausted;  /* the budget or the nesting cap stopped the copy */
+} copy_budget;
+
+static mproc_value *copy_rec(const mproc_value *v, copy_budget *budget, unsigned depth)
+{
+    if (budget->left == 0 || depth > MPROC__MAX_NEST) {
+        budget->exhausted = true;
+        return NULL;
+    }
+    budget->left--;
+    mproc_value *c = NULL;
+    switch ((int)v->type) {
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        return new_blob(v->type, v->u.s.p, v->u.s.n);
+    case MPROC_V_ERROR:
+        return mproc_value_error(v->u.e.type, v->u.e.msg);
+    case MPROC__V_GLOBAL:
+        c = mproc__value_alloc(v->type);
+        if (c) {
+            c->u.g.kind = v->u.g.kind;
+            c->u.g.name = strdup(v->u.g.name);
+            if (!c->u.g.name) {
+                free(c);
+                c = NULL;
+            }
+        }
+        return c;
+    case MPROC_V_LIST:
+        c = mproc_value_list();
+        if (!c)
+            return NULL;
+        if (v->u.l.n) {
+            c->u.l.v = malloc(v->u.l.n * sizeof *c->u.l.v);
+            if (!c->u.l.v)
+                goto fail;
+            c->u.l.cap = v->u.l.n;
+        }
+        for (size_t i = 0; i < v->u.l.n; i++) {
+            mproc_value *x = copy_rec(v->u.l.v[i], budget, depth + 1);
+            if (!x)
+                goto fail;
+            c->u.l.v[c->u.l.n++] = x;
+            grow_height(c, x);
+        }
+        return c;
+    case MPROC_V_MAP:
+        c = mproc_value_map();
+        if (!c)
+            return NULL;
+        for (size_t i = 0; i < v->u.m.n; i++) {
+            mproc_value *k = copy_rec(v->u.m.e[i].key, budget, depth + 1);
+            mproc_value *x = k ? copy_rec(v->u.m.e[i].val, budget, depth + 1) : NULL;
+            if (!x) {
+                mproc_value_free(k);
+                goto fail;
+            }
+            if (mproc_value_map_set(c, k, x) != 0)
+                goto fail;
+        }
+        return c;
+    default:
+        c = mproc__value_alloc(v->type);
+        if (c)
+            c->u = v->u;
+        return c;
+    }
+fail:
+    mproc_value_free(c);
+    return NULL;
+}
+
+mproc_value *mproc__value_copy_counted(const mproc_value *v, size_t *budget)
+{
+    copy_budget b = {*budget, false};
+    mproc_value *c = copy_rec(v, &b, 0);
+    *budget = b.exhausted ? SIZE_MAX : b.left;
+    return c;
+}
+
+mproc_value *mproc_value_copy(const mproc_value *v)
+{
+    if (!v)
+        return NULL;
+    copy_budget b = {SIZE_MAX, false};
+    return copy_rec(v, &b, 0);
+}
+
+static bool equal_rec(const mproc_value *a, const mproc_value *b, unsigned depth)
+{
+    if (a == b)
+        return true;
+    if (!a || !b || a->type != b->type || depth > MPROC__MAX_NEST)
+        return false;
+    switch (a->type) {
+    case MPROC_V_NIL:
+        return true;
+    case MPROC_V_BOOL:
+        return a->u.b == b->u.b;
+    case MPROC_V_INT:
+        return a->u.i == b->u.i;
+    case MPROC_V_FLOAT:
+        return a->u.d == b->u.d || (isnan(a->u.d) && isnan(b->u.d));
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
+    case MPROC_V_ERROR:
+        return strcmp(a->u.e.type, b->u.e.type) == 0 && strcmp(a->u.e.msg, b->u.e.msg) == 0;
+    case MPROC_V_LIST:
+        if (a->u.l.n != b->u.l.n)
+            return false;
+        for (size_t i = 0; i < a->u.l.n; i++)
+            if (!equal_rec(a->u.l.v[i], b->u.l.v[i], depth + 1))
+                return false;
+        return true;
+    case MPROC_V_MAP:
+        if (a->u.m.n != b->u.m.n)
+            return false;
+        for (size_t i = 0; i < a->u.m.n; i++)
+            if (!equal_rec(a->u.m.e[i].key, b->u.m.e[i].key, depth + 1) ||
+                !equal_rec(a->u.m.e[i].val, b->u.m.e[i].val, depth + 1))
+                return false;
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool mproc_value_equal(const mproc_value *a, const mproc_value *b) { return equal_rec(a, b, 0); }
+
+/* ------------------------------------------------------------ repr */
+
+void mproc__float_repr(double d, char *buf, size_t len)
+{
+    if (isnan(d)) {
+        snprintf(buf, len, "nan");
+        return;
+    }
+    if (isinf(d)) {
+        snprintf(buf, len, d < 0 ? "-inf" : "inf");
+        return;
+    }
+    char tmp[40];
+    int prec = 1;
+    for (; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, d);
+        if (strtod(tmp, NULL) == d)
+            break;
+    }
+    /* tmp: [-]d[.ddd]e[+-]xx, in whatever locale; pick digits and exponent. */
+    char digits[24];
+    size_t nd = 0;
+    const char *p = tmp;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    for (; *p && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9' && nd < sizeof digits - 1)
+            digits[nd++] = *p;
+    digits[nd] = 0;
+    int exp = *p == 'e' ? atoi(p + 1) : 0;
+    while (nd > 1 && digits[nd - 1] == '0')
+        digits[--nd] = 0;
+    char out[64];
+    size_t k = 0;
+    if (neg)
+        out[k++] = '-';
+    if (exp < -4 || exp >= 16) {
+        out[k++] = digits[0];
+        if (nd > 1) {
+            out[k++] = '.';
+            for (size_t i = 1; i < nd; i++)
+                out[k++] = digits[i];
+        }
+        snprintf(out + k, sizeof out - k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    } else if (exp < 0) {
+        out[k++] = '0';
+        out[k++] = '.';
+        for (int i = -1; i > exp; i--)
+            out[k++] = '0';
+        for (size_t i = 0; i < nd; i++)
+            out[k++] = digits[i];
+        out[k] = 0;
+    } else {
+        size_t ip = (size_t)exp + 1; /* digits before the point */
+        for (size_t i = 0; i < ip; i++)
+            out[k++] = i < nd ? digits[i] : '0';
+        out[k++] = '.';
+        if (nd > ip)
+            for (size_t i = ip; i < nd; i++)
+                out[k++] = digits[i];
+        else
+            out[k++] = '0';
+        out[k] = 0;
+    }
+    snprintf(buf, len, "%s", out);
+}
+
+typedef struct {
+    mproc_buf b;
+    int err;
+} sbuf;
+
+static void put(sbuf *s, const char *p, size_t n)
+{
+    if (!s->err)
+        s->err = mproc_buf_append(&s->b, p, n);
+}
+static void puts_(sbuf *s, const char *p) { put(s, p, strlen(p)); }
+
+static void put_hex(sbuf *s, const char *pfx, uint32_t c, int width)
+{
+    char t[16];
+    snprintf(t, sizeof t, "%s%0*x", pfx, width, c);
+    puts_(s, t);
+}
+
+/* Python's str.isprintable for non-ASCII, approximated: controls, format
+ * characters, separators other than space and private use are escaped. */
+static bool cp_printable(uint32_t c)
+{
+    return !(c <= 0xa0 || c == 0xad || (c >= 0x2000 && c <= 0x200f) ||
+             (c >= 0x2028 && c <= 0x202f) || (c >= 0x205f && c <= 0x206f) || c == 0x3000 ||
+             c == 0xfeff || (c >= 0xe000 && c <= 0xf8ff) || (c >= 0xfff0 && c <= 0xfffb) ||
+             c == 0xfffe || c == 0xffff || c >= 0xf0000);
+}
+
+static char pick_quote(const char *p, size_t n)
+{
+    bool sq = memchr(p, '\'', n) != NULL, dq = memchr(p, '"', n) != NULL;
+    return sq && !dq ? '"' : '\'';
+}
+
+static void repr_text(sbuf *s, const char *p, size_t n, bool bytes)
+{
+    char q = pick_quote(p, n);
+    if (bytes)
+        put(s, "b", 1);
+    put(s, &q, 1);
+    for (size_t i = 0; i < n;) {
+        uint8_t c = (uint8_t)p[i];
+        if (c == (uint8_t)q || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            put(s, e, 2);
+        } else if (c == '\t') {
+            puts_(s, "\\t");
+        } else if (c == '\n') {
+            puts_(s, "\\n");
+        } else if (c == '\r') {
+            puts_(s, "\\r");
+        } else if (c < 0x20 || c == 0x7f || (bytes && c >= 0x80)) {
+            put_hex(s, "\\x", c, 2);
+        } else if (c < 0x80) {
+            put(s, (const char *)&p[i], 1);
+        } else {
+            /* valid UTF-8 guaranteed for STR */
+            size_t k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            uint32_t cp = c & (0xff >> (k + 1));
+            for (size_t j = 1; j < k && i + j < n; j++)
+                cp = (cp << 6) | ((uint8_t)p[i + j] & 0x3f);
+            if (cp_printable(cp))
+                put(s, p + i, k);
+            else if (cp <= 0xff)
+                put_hex(s, "\\x", cp, 2);
+            else if (cp <= 0xffff)
+                put_hex(s, "\\u", cp, 4);
+            else
+                put_hex(s, "\\U", cp, 8);
+            i += k;
+            continue;
+        }
+        i++;
+    }
+    put(s, &q, 1);
+}
+
+static void repr_rec(sbuf *s, const mproc_value *v, unsigned depth)
+{
+    char t[64];
+    if (depth > MPROC__MAX_NEST) {
+        s->err = MPROC_EINVAL;
+        return;
+    }
+    switch (v->type) {
+    case MPROC_V_NIL:
+        puts_(s, "None");
+        break;
+    case MPROC_V_BOOL:
+        puts_(s, v->u.b ? "True" : "False");
+        break;
+    case MPROC_V_INT:
+        snprintf(t, sizeof t, "%lld", (long long)v->u.i);
+        puts_(s, t);
+        break;
+    case MPROC_V_FLOAT:
+        mproc__float_repr(v->u.d, t, sizeof t);
+        puts_(s, t);
+        break;
+    case MPROC_V_STR:
+    case MPROC_V_BYTES:
+        repr_text(s, v->u.s.p, v->u.s.n, v->type == MPROC_V_BYTES);
+        break;
+    case MPROC_V_ERROR:
+        puts_(s, v->u.e.type);
+        put(s, "(", 1);
+        repr_text(s, v->u.e.msg, strlen(v->u.e.msg), false);
+        put(s, ")", 1);
+        break;
+    case MPROC_V_LIST:
+        put(s, "[", 1);
+        for (size_t i = 0; i < v->u.l.n; i++) {
+            if (i)
+                put(s, ", ", 2);
+            repr_rec(s, v->u.l.v[i], depth + 1);
+        }
+        put(s, "]", 1);
+        break;
+    case MPROC_V_MAP:
+        put(s, "{", 1);
+        for (size_t i = 0; i < v->u.m.n; i++) {
+            if (i)
+                put(s, ", ", 2);
+            repr_rec(s, v->u.m.e[i].key, depth + 1);
+            put(s, ": ", 2);
+            repr_rec(s, v->u.m.e[i].val, depth + 1);
+        }
+        put(s, "}", 1);
+        break;
+    default:
+        puts_(s, "<?>");
+        break;
+    }
+}
+
+char *mproc_value_repr(const mproc_value *v)
+{
+    sbuf s = {{0}, 0};
+    if (!v)
+        puts_(&s, "NULL");
+    else
+        repr_rec(&s, v, 0);
+    put(&s, "", 1);
+    if (s.err) {
+        mproc__buf_free(&s.b);
+        return NULL;
+    }
+    return (char *)s.b.data;
+}
+
+void mproc_value_print(const mproc_value *v, FILE *f)
+{
+    char *r = mproc_value_repr(v);
+    fprintf(f, "%s\n", r ? r : "<repr failed>");
+    free(r);
+}
+
+mproc_decode_limits mproc__limits(const mproc_decode_limits *lim)
+{
+    mproc_decode_limits l = lim ? *lim : (mproc_decode_limits){0};
+    if (!l.max_depth)
+        l.max_depth = MPROC__DEFAULT_MAX_DEPTH;
+    if (l.max_depth > MPROC__MAX_NEST)
+        l.max_depth = MPROC__MAX_NEST;
+    if (!l.max_items)
+        l.max_items = MPROC__DEFAULT_MAX_ITEMS;
+    if (!l.max_bytes)
+        l.max_bytes = MPROC__DEFAULT_MAX_BYTES;
+    return l;
+}
