@@ -11,4 +11,6 @@ run start_methods "seed 001: a child says hello under fork, spawn and forkserver
 run value_array "seed 001: a spawned child sets a shared Value('d') to 3.1415927 and negates an Array('i', range(10))"
 run lost_update "seed 000: ten processes add to a shared Value; the lost update, and the lock (or one atomic add) that fixes it"
 run terminate_lock "seed 000's terminate() warning, handled: a worker dies holding a Lock; the next acquirer gets MPROC_EOWNERDEAD and repairs; a Barrier breaks instead of hanging"
+run pipe "seed 001: Pipe(); a child sends [42, None, 'hello'] (pickled, as Python would) and the parent prints it"
+run echo_server "seed 001: an echo server (a child) behind Listener with an authkey, over TCP and AF_UNIX; a wrong key is refused on both sides"
 printf '\nTour done. More: docs/ and README.md.\n'

@@ -8,5 +8,6 @@
 #include "mproc/shm.h"
 #include "mproc/sync.h"
 #include "mproc/value.h"
+#include "mproc/connection.h"
 
 #endif
