@@ -99,8 +99,8 @@ int mproc__auth_verify(const void *key, size_t klen, const uint8_t *msg, size_t 
                        const uint8_t *resp, size_t rn)
 {
     char name[16];
-    const uint8_t *mac;
-    size_t macn;
+    const uint8_t *mac = NULL;
+    size_t macn = 0;
     int rc = mproc__auth_split(resp, rn, name, &mac, &macn);
     if (rc)
         return rc;

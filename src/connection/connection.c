@@ -351,8 +351,8 @@ static bool frame_buffered(const mproc_connection *c)
     size_t avail = c->rlen - c->rpos;
     if (c->have_header)
         return c->big ? c->big_got == c->cur_len : avail >= c->cur_len;
-    uint64_t len;
-    size_t hl;
+    uint64_t len = 0;
+    size_t hl = 0;
     if (!c->rbuf || mproc__frame_parse(c->rbuf + c->rpos, avail, &len, &hl) != 0)
         return false;
     return len <= avail - hl;
@@ -367,8 +367,8 @@ int mproc__conn_recv_frame(mproc_connection *c, uint64_t keep_over, uint8_t *des
     if (!c->have_header) {
         if ((rc = fill(c, 4, d)) != 0)
             return rc;
-        uint64_t n;
-        size_t hl;
+        uint64_t n = 0;
+        size_t hl = 0;
         rc = mproc__frame_parse(c->rbuf + c->rpos, c->rlen - c->rpos, &n, &hl);
         if (rc == MPROC_EAGAIN) {
             if ((rc = fill(c, 12, d)) != 0)
@@ -454,7 +454,7 @@ int mproc__conn_recv_frame(mproc_connection *c, uint64_t keep_over, uint8_t *des
 int mproc_connection_recv_bytes(mproc_connection *c, void **buf, size_t *len, double timeout)
 {
     uint8_t *data;
-    size_t n;
+    size_t n = 0;
     bool owned;
     int rc = mproc__conn_recv_frame(c, UINT64_MAX, NULL, mproc_deadline_after(timeout), &data, &n, &owned);
     if (rc)
@@ -492,7 +492,7 @@ int mproc_connection_recv_bytes_into(mproc_connection *c, void *buf, size_t cap,
 int mproc_connection_recv(mproc_connection *c, mproc_value **out, double timeout)
 {
     uint8_t *data;
-    size_t n;
+    size_t n = 0;
     bool owned;
     *out = NULL;
     int rc = mproc__conn_recv_frame(c, UINT64_MAX, NULL, mproc_deadline_after(timeout), &data, &n, &owned);
