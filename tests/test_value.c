@@ -917,6 +917,51 @@ MTEST(test_pickle_limits_depth_items_bytes_and_lengths)
     CHECK_EQ(PK("\x8c\x02\xc3\x28."), MPROC_EPROTO);
 }
 
+
+/* Review findings: memo entries and marks are bounded like items (a one-byte
+ * MEMOIZE or MARK cannot make the decoder allocate without limit), Warning is
+ * a builtin exception name, and exception groups are refused when encoding. */
+MTEST(test_pickle_memo_and_marks_count_as_items)
+{
+    mproc_decode_limits lim = {.max_items = 100};
+    size_t n = 10000;
+    uint8_t *p = malloc(n + 4);
+    CHECK(p != NULL);
+    mproc_value *v = NULL;
+    /* PROTO 4, NONE, then MEMOIZE x n: one value, n memo entries. */
+    p[0] = 0x80, p[1] = 4, p[2] = 'N';
+    memset(p + 3, 0x94, n - 4);
+    p[n - 1] = '.';
+    CHECK_EQ(mproc_pickle_decode(p, n, &lim, &v), MPROC_EMSGSIZE);
+    /* PROTO 4, then MARK x n: no values at all, n marks. */
+    memset(p + 2, '(', n - 3);
+    CHECK_EQ(mproc_pickle_decode(p, n, &lim, &v), MPROC_EMSGSIZE);
+    free(p);
+    CHECK(v == NULL);
+}
+
+MTEST(test_pickle_warning_is_an_exception_and_groups_are_refused)
+{
+    static const uint8_t warn[] = "\x80\x02" "cexceptions\nWarning\nq\x00X\x01\x00\x00\x00xq\x01\x85q\x02Rq\x03.";
+    mproc_value *v = NULL;
+    CHECK_OK(mproc_pickle_decode(warn, sizeof warn - 1, NULL, &v));
+    CHECK_EQ(mproc_value_type(v), MPROC_V_ERROR);
+    CHECK(strcmp(mproc_value_error_type(v), "Warning") == 0);
+    CHECK(strcmp(mproc_value_error_message(v), "x") == 0);
+    mproc_buf b = {0};
+    CHECK_OK(mproc_pickle_encode(v, 4, &b));
+    mproc_value_free(v);
+    free(b.data);
+    b = (mproc_buf){0};
+    v = mproc_value_error("ExceptionGroup", "g");
+    CHECK_EQ(mproc_pickle_encode(v, 4, &b), MPROC_EINVAL);
+    mproc_value_free(v);
+    v = mproc_value_error("BaseExceptionGroup", "g");
+    CHECK_EQ(mproc_pickle_encode(v, 4, &b), MPROC_EINVAL);
+    mproc_value_free(v);
+    free(b.data);
+}
+
 MTEST(test_pickle_protocol0_text_opcodes)
 {
     struct {
@@ -967,6 +1012,8 @@ MTEST(test_pickle_protocol0_text_opcodes)
 int main(int argc, char **argv)
 {
     static const mtest_case cases[] = {
+        MTEST_ENTRY(test_pickle_memo_and_marks_count_as_items),
+        MTEST_ENTRY(test_pickle_warning_is_an_exception_and_groups_are_refused),
         MTEST_ENTRY(test_value_builders_and_accessors),
         MTEST_ENTRY(test_value_big_map_keeps_order_and_finds_keys),
         MTEST_ENTRY(test_value_copy_equal_and_deep_free),

@@ -89,7 +89,9 @@ int mproc_connection_recv_bytes(mproc_connection *c, void **buf, size_t *len, do
  * fit (Python raises BufferTooShort carrying it), returns MPROC_EMSGSIZE with
  * *len set to the message's length and the message kept: the next recv call
  * (of any kind) returns that same message, so retry with a bigger buffer or
- * take it with recv_bytes. The connection stays usable. */
+ * take it with recv_bytes. The connection stays usable. On every other error
+ * *len is 0 (so an MPROC_EMSGSIZE with *len == 0 is the max_message refusal,
+ * which breaks the connection). */
 int mproc_connection_recv_bytes_into(mproc_connection *c, void *buf, size_t cap, size_t *len,
                                      double timeout);
 

@@ -110,7 +110,8 @@ int mproc_msgpack_decode(const void *data, size_t len, const mproc_decode_limits
 
 /* Python pickle, plain data only. encode: `protocol` 4 or 5 (0 means 4, what
  * Python 3.8-3.13 multiprocessing sends); an ERROR encodes as the builtin
- * exception, so Python's recv() raises it. decode: protocols 0-5 for None,
+ * exception, so Python's loads()/recv() returns that exception instance.
+ * decode: protocols 0-5 for None,
  * bool, int (beyond int64: MPROC_ERANGE), float, str, bytes, bytearray,
  * tuple/list/set/frozenset (as LIST), dict (as MAP). Opcodes that import or
  * call (GLOBAL, STACK_GLOBAL, REDUCE, BUILD, INST, OBJ, NEWOBJ, NEWOBJ_EX,

@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdatomic.h>
+#include <sys/random.h>
+#include <unistd.h>
+
 #include "codec_int.h"
 
 /* ------------------------------------------------------------ whitelist */
@@ -15,8 +19,8 @@
 enum { G_EXC = 1, G_SET, G_BYTES, G_BYTEARRAY, G_ENCODE };
 
 static const char *const known_exc[] = {
-    "BaseException", "Exception", "BaseExceptionGroup", "ExceptionGroup", "KeyboardInterrupt",
-    "SystemExit", "GeneratorExit", "StopIteration", "StopAsyncIteration", NULL,
+    "BaseException", "Exception", "Warning", "BaseExceptionGroup", "ExceptionGroup",
+    "KeyboardInterrupt", "SystemExit", "GeneratorExit", "StopIteration", "StopAsyncIteration", NULL,
 };
 
 static bool ident(const char *s)
@@ -466,6 +470,34 @@ static int op_float_text(vm *m)
 
 /* ------------------------------------------------------------ memo */
 
+/* Memo keys come from the peer, so the slot must not be predictable: a fixed
+ * multiplicative hash lets keys that share their low bits pile into one probe
+ * chain (quadratic decoding). Mix the key with a per-process random seed. */
+static uint32_t memo_seed(void)
+{
+    static _Atomic uint32_t seed;
+    uint32_t s = atomic_load_explicit(&seed, memory_order_relaxed);
+    if (!s) {
+        uint32_t r = 0;
+        if (getrandom(&r, sizeof r, GRND_NONBLOCK) != sizeof r)
+            r = (uint32_t)(mproc_monotonic() * 1e9) ^ (uint32_t)getpid();
+        s = r | 1u;
+        atomic_store_explicit(&seed, s, memory_order_relaxed);
+    }
+    return s;
+}
+
+static size_t memo_slot_of(uint32_t key, size_t cap)
+{
+    uint32_t h = key ^ memo_seed(); /* murmur3's finaliser: every bit affects the low bits */
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h & (cap - 1);
+}
+
 static memo_slot *memo_find(vm *m, uint32_t key, bool insert)
 {
     if (insert && (m->nmemo + 1) * 2 > m->capmemo) {
@@ -476,7 +508,7 @@ static memo_slot *memo_find(vm *m, uint32_t key, bool insert)
         for (size_t i = 0; i < m->capmemo; i++) {
             if (!m->memo[i].used)
                 continue;
-            size_t s = (m->memo[i].key * 2654435761u) & (cap - 1);
+            size_t s = memo_slot_of(m->memo[i].key, cap);
             while (t[s].used)
                 s = (s + 1) & (cap - 1);
             t[s] = m->memo[i];
@@ -487,7 +519,7 @@ static memo_slot *memo_find(vm *m, uint32_t key, bool insert)
     }
     if (!m->capmemo)
         return NULL;
-    size_t s = (key * 2654435761u) & (m->capmemo - 1);
+    size_t s = memo_slot_of(key, m->capmemo);
     for (; m->memo[s].used; s = (s + 1) & (m->capmemo - 1))
         if (m->memo[s].key == key)
             return &m->memo[s];
@@ -505,6 +537,11 @@ static int memo_put(vm *m, uint64_t key)
         return underflow("PUT");
     if (key > UINT32_MAX)
         return mproc__fail(MPROC_EPROTO, "pickle: memo key out of range");
+    if (!memo_find(m, (uint32_t)key, false)) { /* a new entry costs like an item */
+        int rc = count_item(m);
+        if (rc)
+            return rc;
+    }
     memo_slot *s = memo_find(m, (uint32_t)key, true);
     if (!s)
         return MPROC_ENOMEM;
@@ -858,6 +895,8 @@ static int step(vm *m, bool *stop)
         *stop = true;
         return 0;
     case '(': /* MARK */
+        if ((rc = count_item(m))) /* marks cost memory too: bounded like items */
+            return rc;
         if ((rc = grow((void **)&m->marks, &m->capmarks, m->nmarks + 1, sizeof *m->marks)))
             return rc;
         m->marks[m->nmarks++] = m->n;
@@ -1208,7 +1247,9 @@ static int penc(mproc_buf *b, const mproc_value *v, unsigned depth)
         return put_sized(b, v->u.s.p, v->u.s.n, 'C', 'B', 0x8e);
     case MPROC_V_ERROR:
         /* builtins.<type>(message): Python's loads() rebuilds the exception */
-        if (!exc_name(v->u.e.type))
+        /* Exception groups take (message, exceptions): Python could not load them from (message,). */
+        if (!exc_name(v->u.e.type) || ends_with(v->u.e.type, "ExceptionGroup") ||
+            strcmp(v->u.e.type, "ExceptionGroup") == 0)
             return mproc__fail(MPROC_EINVAL, "pickle: '%.64s' is not a builtin exception name",
                                v->u.e.type);
         if ((rc = put_text(b, "builtins", 8)) ||

@@ -1,8 +1,11 @@
 /* value.c — the dynamic value tree: builders, accessors, deep copy/equality/
  * free, and a Python-style repr. Maps keep insertion order with a hash index. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "codec_int.h"
 
@@ -179,37 +182,83 @@ static bool hashable(const mproc_value *k)
            k->type != MPROC__V_GLOBAL;
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
+/* Map keys come from peers, so their hash is keyed (SipHash-2-4 with a random
+ * per-process key): an unkeyed hash lets a sender build thousands of keys
+ * that share one probe chain and make decoding quadratic. */
+static uint64_t sip_k[2];
+static pthread_once_t sip_once = PTHREAD_ONCE_INIT;
+
+static void sip_init(void)
 {
+    if (getrandom(sip_k, sizeof sip_k, GRND_NONBLOCK) != (ssize_t)sizeof sip_k) {
+        sip_k[0] = (uint64_t)(mproc_monotonic() * 1e9) * 0x9e3779b97f4a7c15ull;
+        sip_k[1] = (uint64_t)getpid() * 0xc2b2ae3d27d4eb4full ^ (uint64_t)(uintptr_t)&sip_k;
+    }
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                        \
+    do {                                                                                \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);                       \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                                           \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                                           \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                       \
+    } while (0)
+
+static uint64_t siphash(uint64_t salt, const void *p, size_t n)
+{
+    pthread_once(&sip_once, sip_init);
+    uint64_t k0 = sip_k[0] ^ salt, k1 = sip_k[1];
+    uint64_t v0 = 0x736f6d6570736575ull ^ k0, v1 = 0x646f72616e646f6dull ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ull ^ k0, v3 = 0x7465646279746573ull ^ k1;
     const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
+    size_t full = n & ~(size_t)7;
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t m;
+        memcpy(&m, b + i, 8);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t last = (uint64_t)n << 56;
+    for (size_t i = 0; i < (n & 7); i++)
+        last |= (uint64_t)b[full + i] << (8 * i);
+    v3 ^= last;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 static uint64_t key_hash(const mproc_value *k)
 {
-    uint64_t h = fnv(0xcbf29ce484222325ull, &k->type, sizeof k->type);
+    uint64_t salt = (uint64_t)k->type; /* equal keys have equal types */
     switch (k->type) {
     case MPROC_V_BOOL: {
         uint8_t b = k->u.b;
-        return fnv(h, &b, 1);
+        return siphash(salt, &b, 1);
     }
     case MPROC_V_INT:
-        return fnv(h, &k->u.i, sizeof k->u.i);
+        return siphash(salt, &k->u.i, sizeof k->u.i);
     case MPROC_V_FLOAT: {
         double d = k->u.d;
         if (d == 0)
             d = 0; /* -0.0 == 0.0 */
         if (isnan(d))
-            return h ^ 0x7ff8;
-        return fnv(h, &d, sizeof d);
+            return siphash(salt, "nan", 3);
+        return siphash(salt, &d, sizeof d);
     }
     case MPROC_V_STR:
     case MPROC_V_BYTES:
-        return fnv(h, k->u.s.p, k->u.s.n);
+        return siphash(salt, k->u.s.p, k->u.s.n);
     default:
-        return h;
+        return salt;
     }
 }
 

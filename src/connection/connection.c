@@ -2,6 +2,7 @@
  * Pipe(), send/recv of bytes and values, poll, wait(), and the shareable type. */
 #include <assert.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,9 +218,9 @@ int mproc__conn_send_until(mproc_connection *c, const void *buf, size_t len, mpr
         return rc;
     uint8_t hdr[12];
     size_t hl = mproc__frame_header(hdr, len);
-    if (!c->is_socket && len <= 4096) {
-        /* one write(2) keeps a small frame atomic on a pipe (PIPE_BUF) */
-        uint8_t tmp[4096 + 12];
+    if (!c->is_socket && len + hl <= PIPE_BUF) {
+        /* one write(2) of at most PIPE_BUF bytes is atomic on a pipe */
+        uint8_t tmp[PIPE_BUF];
         memcpy(tmp, hdr, hl);
         if (len)
             memcpy(tmp + hl, buf, len);
@@ -480,8 +481,10 @@ int mproc_connection_recv_bytes_into(mproc_connection *c, void *buf, size_t cap,
     if (rc == MPROC_EMSGSIZE && !c->broken)
         return mproc__fail(rc, "recv_bytes_into: the %zu-byte message does not fit in %zu bytes; "
                                "it is kept for the next recv", *len, cap);
-    if (rc)
+    if (rc) {
+        *len = 0; /* only a kept message reports its length with an error */
         return rc;
+    }
     if (*len && data != buf)
         memcpy(buf, data, *len);
     if (owned)
