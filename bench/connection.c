@@ -25,6 +25,8 @@
 
 #include <mproc.h>
 
+#include "bench.h"
+
 #ifndef MPROC_BENCH_PYDIR
 #define MPROC_BENCH_PYDIR "bench/python"
 #endif
@@ -34,39 +36,6 @@
 #define SMALL 64
 #define BIG ((size_t)1 << 20)
 
-static void die(const char *what, int rc)
-{
-    const char *detail = mproc_errmsg();
-    fprintf(stderr, "bench_connection: %s failed: %s (%s)%s%s\n", what, mproc_strerror(rc),
-            mproc_errname(rc), detail[0] ? ": " : "", detail);
-    exit(1);
-}
-
-#define OK(expr)                                                                        \
-    do {                                                                                \
-        int rc_ = (expr);                                                               \
-        if (rc_ != 0)                                                                   \
-            die(#expr, rc_);                                                            \
-    } while (0)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* ------------------------------------------------------- the raw anchor */
 
@@ -321,6 +290,7 @@ static py_results run_python(const char *python, long rt, long small, long big)
 
 int main(int argc, char **argv)
 {
+    bench_prog = "bench_connection";
     OK(mproc_init(&argc, &argv));
     signal(SIGPIPE, SIG_IGN); /* the raw anchor writes with plain write(2) */
     long iters = 20000;

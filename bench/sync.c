@@ -29,6 +29,8 @@
 
 #include <mproc.h>
 
+#include "bench.h"
+
 #ifndef MPROC_BENCH_PYDIR
 #define MPROC_BENCH_PYDIR "bench/python"
 #endif
@@ -36,39 +38,6 @@
 #define LOCK_TARGET 1.2
 #define PYTHON_TARGET 20.0
 
-static void die(const char *what, int rc)
-{
-    const char *detail = mproc_errmsg();
-    fprintf(stderr, "bench_sync: %s failed: %s (%s)%s%s\n", what, mproc_strerror(rc),
-            mproc_errname(rc), detail[0] ? ": " : "", detail);
-    exit(1);
-}
-
-#define OK(expr)                                                                        \
-    do {                                                                                \
-        int rc_ = (expr);                                                               \
-        if (rc_ != 0)                                                                   \
-            die(#expr, rc_);                                                            \
-    } while (0)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* A robust process-shared mutex and a counter in MAP_SHARED memory: the raw anchor. */
 typedef struct raw_shared {
@@ -257,6 +226,7 @@ static py_results run_python(const char *python, long iters, long adds)
 int main(int argc, char **argv)
 {
     mproc_init(&argc, &argv);
+    bench_prog = "bench_sync";
     long iters = 5000000, adds = 1000000, py_iters = 200000;
     int rounds = 7;
     bool python = true;

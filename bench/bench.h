@@ -1,0 +1,50 @@
+/* bench.h — the few helpers every benchmark program shares. */
+#ifndef MPROC_BENCH_H
+#define MPROC_BENCH_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <mproc/core.h>
+
+/* Set by each program to its name, for error messages. */
+static const char *bench_prog = "bench";
+
+static inline void die(const char *what, int rc)
+{
+    const char *detail = mproc_errmsg();
+    fprintf(stderr, "%s: %s failed: %s (%s)%s%s\n", bench_prog, what, mproc_strerror(rc),
+            mproc_errname(rc), detail[0] ? ": " : "", detail);
+    exit(1);
+}
+
+/* Abort the benchmark with the library's message if `expr` fails. */
+#define OK(expr)                                                                        \
+    do {                                                                                \
+        int rc_ = (expr);                                                               \
+        if (rc_ != 0)                                                                   \
+            die(#expr, rc_);                                                            \
+    } while (0)
+
+static inline double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v). */
+static inline double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+#endif
