@@ -49,7 +49,8 @@ typedef struct mproc_connection_opts {
 /* Wrap the stream fd `fd` (pipe end, socketpair end, connected socket) in a
  * Connection, readable and writable. Takes ownership of `fd` on success (close
  * closes it); on failure the caller keeps it. opts may be NULL. The fd is made
- * close-on-exec and left in blocking mode (it may be shared with children).
+ * close-on-exec; its O_NONBLOCK flag is left as it is (it may be shared with
+ * children) and both modes work: timeouts are implemented with poll(2).
  * 0, MPROC_EBADF, MPROC_EINVAL (bad opts), MPROC_ENOMEM. */
 int mproc_connection_new(mproc_connection **out, int fd, const mproc_connection_opts *opts);
 
