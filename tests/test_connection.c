@@ -793,10 +793,40 @@ MTEST(test_listener_accept_times_out)
     mproc_listener_close(l);
 }
 
+
+/* A fork child that closes its copy of a unix listener must not remove the
+ * socket path the parent still listens on (Python's Finalize does the same). */
+static mproc_listener *inherited_listener;
+
+static int t_close_inherited(mproc_args *a)
+{
+    (void)a;
+    mproc_listener_close(inherited_listener);
+    return 0;
+}
+
+MTEST(test_fork_child_closing_a_listener_keeps_the_path)
+{
+    char addr[128];
+    tmp_unix_address(addr, sizeof addr, "inherit");
+    CHECK_OK(mproc_listener_new(&inherited_listener, addr, NULL));
+    mproc_process *p = mtest_start(MPROC_START_FORK, t_close_inherited, NULL);
+    mtest_join(p, 0);
+    CHECK(access(addr + 5, F_OK) == 0);
+    mproc_connection *c, *s;
+    CHECK_OK(mproc_client_connect(&c, addr, NULL));
+    CHECK_OK(mproc_listener_accept(inherited_listener, &s, 10.0));
+    mproc_connection_close(c);
+    mproc_connection_close(s);
+    mproc_listener_close(inherited_listener);
+    CHECK(access(addr + 5, F_OK) != 0); /* the creator does remove it */
+}
+
 MTEST(test_bad_addresses_are_einval)
 {
     const char *bad[] = {"", "/tmp/x", "unix:", "unix:@", "tcp:", "tcp:host", "tcp:h:99999",
-                         "tcp:h:x", "tcp:[::1", "udp:1:2"};
+                         "tcp:h:x", "tcp:[::1", "udp:1:2", "tcp:h: 0", "tcp:h:+0", "tcp:h:-1",
+                         "tcp:h:0x10", "tcp:h:123456"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mproc_listener *l;
         mproc_connection *c;
@@ -1088,6 +1118,7 @@ int main(int argc, char **argv)
     mproc_init(&argc, &argv);
     mtest_warmup = mtest_warmup_tracker_and_forkserver;
     static const mtest_case cases[] = {
+        MTEST_ENTRY(test_fork_child_closing_a_listener_keeps_the_path),
         MTEST_ENTRY(test_pipe_duplex_round_trips_bytes),
         MTEST_ENTRY(test_pipe_simplex_reads_on_first_writes_on_second),
         MTEST_ENTRY(test_frame_wire_format_matches_cpython),

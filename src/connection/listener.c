@@ -25,6 +25,7 @@ struct mproc_listener {
     int fd;
     char *address;     /* canonical, with the real port */
     char *unlink_path; /* unix path socket to remove on close */
+    pid_t owner;       /* only the creating process removes it (not a fork child) */
     mproc_listener_opts opts;
     uint8_t *key;      /* copy of opts.auth.authkey */
     char digest[16];
@@ -80,13 +81,15 @@ static int parse_address(const char *addr, parsed_addr *pa)
             hl = (size_t)(colon - p);
         }
         const char *port = colon + 1;
-        char *end;
-        long pv = strtol(port, &end, 10);
-        if (!*port || *end || pv < 0 || pv > 65535 || hl >= sizeof pa->host)
+        long pv = 0;
+        size_t digits = strspn(port, "0123456789"); /* no sign, no spaces */
+        if (digits > 0 && digits <= 5 && !port[digits])
+            pv = strtol(port, NULL, 10);
+        if (!digits || digits > 5 || port[digits] || pv > 65535 || hl >= sizeof pa->host)
             return mproc__fail(MPROC_EINVAL, "address '%s': bad host or port", addr);
         memcpy(pa->host, p, hl);
         pa->host[hl] = 0;
-        snprintf(pa->port, sizeof pa->port, "%ld", pv);
+        snprintf(pa->port, sizeof pa->port, "%u", (unsigned)pv);
         return 0;
     }
     return mproc__fail(MPROC_EINVAL, "address '%s': want unix:/path, unix:@name or tcp:host:port",
@@ -155,6 +158,7 @@ int mproc_listener_new(mproc_listener **out, const char *address, const mproc_li
     if (!l)
         return MPROC_ENOMEM;
     l->fd = -1;
+    l->owner = getpid();
     l->opts = *o;
     if (o->auth.digest)
         snprintf(l->digest, sizeof l->digest, "%s", o->auth.digest);
@@ -238,7 +242,11 @@ int mproc_listener_accept(mproc_listener *l, mproc_connection **out, double time
         fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0)
             break;
-        if (errno == EINTR || errno == ECONNABORTED)
+        /* accept(2): errors already pending on the new socket are reported
+         * here; treat them like EAGAIN and go on listening. */
+        if (errno == EINTR || errno == ECONNABORTED || errno == ENETDOWN || errno == EPROTO ||
+            errno == ENOPROTOOPT || errno == EHOSTDOWN || errno == ENONET ||
+            errno == EHOSTUNREACH || errno == EOPNOTSUPP || errno == ENETUNREACH)
             continue;
         if (errno != EAGAIN)
             return mproc__fail(mproc__errno(), "accept: %s", strerror(errno));
@@ -284,7 +292,7 @@ void mproc_listener_close(mproc_listener *l)
         return;
     if (l->fd >= 0)
         close(l->fd);
-    if (l->unlink_path)
+    if (l->unlink_path && getpid() == l->owner)
         unlink(l->unlink_path);
     free(l->unlink_path);
     free(l->address);
