@@ -118,16 +118,25 @@ int mproc__auth_verify(const void *key, size_t klen, const uint8_t *msg, size_t 
     return 0;
 }
 
+int mproc__auth_check_digest(const char *digest)
+{
+    const char *name = digest && digest[0] ? digest : "sha256";
+    if (strcmp(name, "legacy") == 0 || digest_by_name(name, strlen(name)))
+        return 0;
+    return mproc__fail(MPROC_EINVAL, "handshake: unknown digest '%s' (md5, sha256, sha384, "
+                                     "sha3_256, sha3_384 or legacy)", name);
+}
+
 int mproc__auth_challenge(const char *digest, uint8_t *out, size_t *outlen)
 {
+    int rc = mproc__auth_check_digest(digest);
+    if (rc)
+        return rc;
     bool legacy = digest && strcmp(digest, "legacy") == 0;
     const char *name = digest && digest[0] ? digest : "sha256";
     size_t k = 0;
     if (!legacy) {
         k = strlen(name);
-        if (!digest_by_name(name, k))
-            return mproc__fail(MPROC_EINVAL, "handshake: unknown digest '%s' (md5, sha256, sha384, "
-                                             "sha3_256, sha3_384 or legacy)", name);
         out[0] = '{';
         memcpy(out + 1, name, k);
         out[k + 1] = '}';

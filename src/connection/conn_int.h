@@ -68,6 +68,8 @@ int mproc__auth_response(const void *key, size_t klen, const uint8_t *msg, size_
 /* _verify_challenge: 0 if `resp` is a valid reply to `msg`, else MPROC_EAUTH with a message. */
 int mproc__auth_verify(const void *key, size_t klen, const uint8_t *msg, size_t n,
                        const uint8_t *resp, size_t rn);
+/* 0 if `digest` (NULL = sha256, or "legacy") can be used, else MPROC_EINVAL with a message. */
+int mproc__auth_check_digest(const char *digest);
 /* Build the challenge body for digest `digest` (see mproc_auth_opts) into out
  * (80 bytes of room). 0, MPROC_EINVAL (unknown digest), -errno (no randomness). */
 int mproc__auth_challenge(const char *digest, uint8_t *out, size_t *outlen);

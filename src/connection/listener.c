@@ -150,10 +150,8 @@ int mproc_listener_new(mproc_listener **out, const char *address, const mproc_li
     int rc = parse_address(address, &pa);
     if (rc)
         return rc;
-    uint8_t chk[96];
-    size_t chkn;
-    if (o->auth.authkey && (rc = mproc__auth_challenge(o->auth.digest, chk, &chkn)) != 0)
-        return rc;
+    if (o->auth.authkey && (rc = mproc__auth_check_digest(o->auth.digest)) != 0)
+        return rc; /* a bad digest name fails here, not at the first handshake */
     mproc_listener *l = calloc(1, sizeof *l);
     if (!l)
         return MPROC_ENOMEM;
@@ -346,10 +344,8 @@ int mproc_client_connect(mproc_connection **out, const char *address, const mpro
     int rc = parse_address(address, &pa);
     if (rc)
         return rc;
-    uint8_t chk[96];
-    size_t chkn;
-    if (o->auth.authkey && (rc = mproc__auth_challenge(o->auth.digest, chk, &chkn)) != 0)
-        return rc;
+    if (o->auth.authkey && (rc = mproc__auth_check_digest(o->auth.digest)) != 0)
+        return rc; /* a bad digest name fails here, not at the first handshake */
     mproc_deadline d = mproc_deadline_after(o->connect_timeout == 0 ? DEFAULT_CONNECT_TIMEOUT
                                                                       : o->connect_timeout);
     int fd = -1;
