@@ -9,5 +9,6 @@
 #include "mproc/sync.h"
 #include "mproc/value.h"
 #include "mproc/connection.h"
+#include "mproc/queue.h"
 
 #endif

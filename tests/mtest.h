@@ -216,6 +216,7 @@ static int mtest_main(int argc, char **argv, const mtest_case *cases, size_t n)
                 close(pfd);
             }
         }
+        kill(-pid, SIGKILL); /* whatever a failed test left running goes with it */
         double ms = (mproc_monotonic() - t0) * 1e3;
         bool ok = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (!ok) {
