@@ -13,4 +13,6 @@ run lost_update "seed 000: ten processes add to a shared Value; the lost update,
 run terminate_lock "seed 000's terminate() warning, handled: a worker dies holding a Lock; the next acquirer gets MPROC_EOWNERDEAD and repairs; a Barrier breaks instead of hanging"
 run pipe "seed 001: Pipe(); a child sends [42, None, 'hello'] (pickled, as Python would) and the parent prints it"
 run echo_server "seed 001: an echo server (a child) behind Listener with an authkey, over TCP and AF_UNIX; a wrong key is refused on both sides"
+run queue_hello "seed 001: Queue(); a spawned child puts 'hello', a forked one puts [42, None, 'hello'] (MessagePack); get with a timeout on the empty queue"
+run joinable_queue "a JoinableQueue of 20 numbers, 3 consumers square them into a results Queue; join(), then shutdown() ends the consumers without sentinels"
 printf '\nTour done. More: docs/ and README.md.\n'
