@@ -28,11 +28,14 @@
  * spin, with a `sleeping` flag the other side checks after each commit
  * (sequentially consistent, so no wakeup is lost); the idle path makes no
  * system call. */
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdalign.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../sync/sync_int.h"
@@ -49,6 +52,7 @@
 #define R_ABORT 4u
 #define Q_MAX_MESSAGE_LIMIT ((uint64_t)1 << 40)
 #define SPIN 2000                    /* polls before sleeping */
+#define NAP_NS 100000000             /* longest sleep between re-checks: 100 ms */
 #define PROBE_NS 20000000            /* mid-message check on the producer: 20 ms */
 #define NOWAIT_LOCK_NS 1000000       /* how long a *_nowait call waits for the side lock */
 
@@ -75,6 +79,7 @@ typedef struct q_st {
     uint64_t lim_depth, lim_items, lim_bytes;
     /* Anyone. */
     _Atomic uint32_t closed;
+    _Atomic uint32_t async_wake; /* every user is registered for membarrier (see kick) */
     _Atomic uint32_t join_sleepers;
     _Atomic uint32_t done_word;
     _Atomic uint64_t n_done; /* task_done calls */
@@ -95,6 +100,7 @@ typedef struct q_st {
     _Atomic uint64_t n_got;              /* LAST records ever consumed */
     uint64_t j_head, j_ngot;
     uint64_t tail_cache; /* a tail seen earlier (<= tail) */
+    uint64_t nput_seen;  /* an n_put seen earlier (<= n_put) */
     alignas(Q_CL) wake rx;
 } q_st;
 
@@ -133,6 +139,7 @@ static void raise_to(_Atomic uint64_t *a, uint64_t v)
 
 static void ring_write(const mproc_queue *q, uint64_t pos, const void *src, size_t n)
 {
+    assert(n <= q->cap);
     size_t off = (size_t)(pos & q->mask), first = (size_t)q->cap - off;
     if (n <= first) {
         memcpy(q->ring + off, src, n);
@@ -155,15 +162,78 @@ static void ring_read(const mproc_queue *q, uint64_t pos, void *dst, size_t n)
 
 /* --------------------------------------------------------- sleep and wake */
 
-/* Wake the other side's lock holder if it sleeps. Called right after a
- * sequentially consistent commit store, which orders it against the
- * sleeper's flag store (Dekker): either we see the flag or it sees the commit. */
-static inline void kick(wake *w)
+/* The handshake between a committer and a sleeper is Dekker's: the committer
+ * stores its position then reads `sleeping`; the sleeper stores `sleeping`
+ * then reads the position. Each side needs a full barrier between its store
+ * and its load, or both may miss the other. On the committer's side that
+ * barrier (an XCHG) would drain a store buffer full of freshly written ring
+ * lines on every message, which costs more than everything else in a put. So
+ * the barrier is asymmetric: committers use none, and a sleeper, which is
+ * about to make a system call anyway, issues membarrier(GLOBAL_EXPEDITED),
+ * which runs a full barrier on every CPU executing a registered process.
+ * Every process that maps a queue registers (registration survives fork and
+ * is redone after exec by the import); if registration or the barrier ever
+ * fails, the queue falls back to a sequentially consistent store per commit
+ * for everyone (`async_wake` = 0), and a wakeup missed during the switch costs
+ * at most one NAP_NS. */
+static int membarrier_state; /* 0 unknown, 1 registered, -1 unavailable (per process) */
+
+static bool membarrier_register(void)
 {
-    if (atomic_load(&w->sleeping)) {
+    if (membarrier_state == 0)
+        membarrier_state =
+            syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0 ? 1 : -1;
+    return membarrier_state == 1;
+}
+
+/* Store a side's new position (the commit point). */
+static inline void commit_store(const mproc_queue *q, _Atomic uint64_t *pos, uint64_t v)
+{
+    if (atomic_load_explicit(&q->st->async_wake, memory_order_relaxed))
+        atomic_store_explicit(pos, v, memory_order_release);
+    else
+        atomic_store(pos, v);
+}
+
+/* Wake the other side's lock holder if it sleeps (right after commit_store). */
+static inline void kick(const mproc_queue *q, wake *w)
+{
+    bool sleeping;
+    if (atomic_load_explicit(&q->st->async_wake, memory_order_relaxed)) {
+        atomic_signal_fence(memory_order_seq_cst); /* the sleeper's membarrier orders us */
+        sleeping = atomic_load_explicit(&w->sleeping, memory_order_relaxed);
+    } else {
+        sleeping = atomic_load(&w->sleeping);
+    }
+    if (sleeping) {
         atomic_fetch_add(&w->word, 1);
         mproc__futex_wake(&w->word, 1);
     }
+}
+
+/* The sleeper's barrier between setting `sleeping` and re-checking. */
+static void sleeper_barrier(const mproc_queue *q)
+{
+    q_st *st = q->st;
+    if (atomic_load(&st->async_wake)) {
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0)
+            return;
+        atomic_store(&st->async_wake, 0);
+    }
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+/* Sleep on `word` until woken or `d`, but never longer than NAP_NS: a peer
+ * killed between its commit and its FUTEX_WAKE cannot leave us asleep for
+ * good. 0 (woken, or the nap ended: re-check) or MPROC_ETIMEDOUT at `d`. */
+static int nap(_Atomic uint32_t *word, uint32_t v, mproc_deadline d)
+{
+    mproc_deadline cap = mproc_deadline_after(NAP_NS / 1e9);
+    if (cap.ns < d.ns) {
+        int rc = mproc__futex_wait(word, v, cap);
+        return rc == MPROC_ETIMEDOUT ? 0 : rc;
+    }
+    return mproc__futex_wait(word, v, d);
 }
 
 typedef bool (*ready_fn)(const mproc_queue *q, uint64_t arg);
@@ -174,16 +244,20 @@ typedef bool (*ready_fn)(const mproc_queue *q, uint64_t arg);
 static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t arg, mproc_deadline d,
                       bool on_close)
 {
-    for (int i = 0; i < SPIN; i++) {
+    /* Poll with growing gaps: each poll pulls the other side's hot line away
+     * from it, so a waiter that polls flat out slows the side it waits for. */
+    for (int i = 0; i < SPIN; i += 1 + i / 64) {
         if (ready(q, arg))
             return 0;
-        cpu_relax();
+        for (int k = 0; k <= i / 64; k++)
+            cpu_relax();
     }
     atomic_store(&w->sleeping, 1);
+    sleeper_barrier(q); /* the flag before the re-check */
     uint32_t v = atomic_load(&w->word);
     int rc = 0;
     if (!ready(q, arg) && !(on_close && atomic_load(&q->st->closed)))
-        rc = mproc__futex_wait(&w->word, v, d);
+        rc = nap(&w->word, v, d);
     atomic_store(&w->sleeping, 0);
     return rc;
 }
@@ -197,6 +271,12 @@ static void wake_all(wake *w)
 {
     atomic_fetch_add(&w->word, 1);
     mproc__futex_wake(&w->word, INT_MAX);
+}
+
+static int corrupt(void)
+{
+    return mproc__fail(MPROC_EPROTO, "queue: the ring holds a malformed record "
+                                     "(shared memory written by something else?)");
 }
 
 /* ------------------------------------------------------------ side locks */
@@ -245,10 +325,16 @@ static inline uint64_t tx_free(mproc_queue *q)
     return q->cap - (tail - st->head_cache);
 }
 
-/* Free bytes now (refreshing the cached head). */
+/* Free bytes now (refreshing the cached head); 0 if the positions are
+ * impossible (memory scribbled on), so nothing is ever written past the ring. */
 static inline uint64_t tx_free_now(mproc_queue *q)
 {
-    q->st->head_cache = atomic_load_explicit(&q->st->head, memory_order_acquire);
+    q_st *st = q->st;
+    uint64_t head = atomic_load_explicit(&st->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&st->tail, memory_order_relaxed);
+    if (tail - head > q->cap)
+        return 0;
+    st->head_cache = head;
     return tx_free(q);
 }
 
@@ -258,10 +344,10 @@ static void tx_commit(mproc_queue *q, uint64_t new_tail, uint64_t nput)
     q_st *st = q->st;
     st->j_tail = new_tail;
     st->j_nput = nput;
-    atomic_store(&st->tail, new_tail); /* the commit point */
+    commit_store(q, &st->tail, new_tail);
     if (nput != atomic_load_explicit(&st->n_put, memory_order_relaxed))
-        atomic_store(&st->n_put, nput);
-    kick(&st->rx);
+        atomic_store_explicit(&st->n_put, nput, memory_order_release);
+    kick(q, &st->rx);
 }
 
 static void tx_write(mproc_queue *q, uint32_t len, uint32_t flags, uint64_t aux, const void *data)
@@ -297,6 +383,7 @@ static void tx_repair(mproc_queue *q)
     atomic_store(&st->tx.sleeping, 0);
     st->head_cache = atomic_load(&st->head);
     tx_abort(q);
+    wake_all(&st->rx); /* in case the dead one committed but never woke them */
 }
 
 static bool ready_space(const mproc_queue *q, uint64_t need)
@@ -304,7 +391,7 @@ static bool ready_space(const mproc_queue *q, uint64_t need)
     const q_st *st = q->st;
     uint64_t used = atomic_load_explicit(&st->tail, memory_order_relaxed) -
                     atomic_load_explicit(&st->head, memory_order_acquire);
-    return q->cap - used >= need;
+    return used <= q->cap && q->cap - used >= need;
 }
 
 static bool ready_slot(const mproc_queue *q, uint64_t unused)
@@ -340,7 +427,8 @@ static int tx_wait_space(mproc_queue *q, uint64_t need, mproc_deadline d)
         return 0;
     }
     int rc = tx_wait(q, ready_space, need, d);
-    tx_free_now(q);
+    if (!rc && tx_free_now(q) < need)
+        rc = corrupt(); /* ready_space said yes: only impossible positions get here */
     return rc;
 }
 
@@ -428,10 +516,10 @@ static void rx_commit(mproc_queue *q, uint64_t new_head, uint64_t ngot)
     q_st *st = q->st;
     st->j_head = new_head;
     st->j_ngot = ngot;
-    atomic_store(&st->head, new_head); /* the commit point */
+    commit_store(q, &st->head, new_head);
     if (ngot != atomic_load_explicit(&st->n_got, memory_order_relaxed))
-        atomic_store(&st->n_got, ngot);
-    kick(&st->tx);
+        atomic_store_explicit(&st->n_got, ngot, memory_order_release);
+    kick(q, &st->tx);
 }
 
 /* After a consumer died holding get_mu: finish its commit. Chunks of the
@@ -443,6 +531,19 @@ static void rx_repair(mproc_queue *q)
         atomic_store(&st->n_got, st->j_ngot);
     atomic_store(&st->rx.sleeping, 0);
     st->tail_cache = atomic_load(&st->head);
+    st->nput_seen = 0;
+    wake_all(&st->tx);
+}
+
+/* A consumer taking message number `seq` makes sure n_put counts it, in case
+ * its producer died between the commit and the count. The count is read only
+ * when the last one seen is behind (not once per message: that line is hot). */
+static inline void count_put(q_st *st, uint64_t seq)
+{
+    if (seq <= st->nput_seen)
+        return;
+    raise_to(&st->n_put, seq);
+    st->nput_seen = atomic_load_explicit(&st->n_put, memory_order_relaxed);
 }
 
 static bool ready_data(const mproc_queue *q, uint64_t head)
@@ -506,12 +607,6 @@ static int rx_wait(mproc_queue *q, uint64_t head, mproc_deadline d)
         if (rc && rc != MPROC_ETIMEDOUT)
             return rc;
     }
-}
-
-static int corrupt(void)
-{
-    return mproc__fail(MPROC_EPROTO, "queue: the ring holds a malformed record "
-                                     "(shared memory written by something else?)");
 }
 
 static int get_locked(mproc_queue *q, sink *s, mproc_deadline d)
@@ -581,7 +676,11 @@ static int get_locked(mproc_queue *q, sink *s, mproc_deadline d)
             inmsg = true;
         } else if (!inmsg) { /* the rest of a message whose reader died: drop it */
             if (flags & R_LAST) {
-                raise_to(&st->n_put, h.aux);
+                if (h.aux != ngot + 1) {
+                    rc = corrupt();
+                    break;
+                }
+                count_put(st, h.aux);
                 ngot++;
             }
             rx_commit(q, next, ngot);
@@ -593,11 +692,11 @@ static int get_locked(mproc_queue *q, sink *s, mproc_deadline d)
         ring_read(q, head + HDR, dst + got, h.len);
         got += h.len;
         if (flags & R_LAST) {
-            if (got != total) {
+            if (got != total || h.aux != ngot + 1) {
                 rc = corrupt();
                 break;
             }
-            raise_to(&st->n_put, h.aux); /* in case its producer died before counting it */
+            count_put(st, h.aux);
             rx_commit(q, next, ngot + 1);
             s->out = dst;
             s->len = (size_t)total;
@@ -638,6 +737,8 @@ static int q_wrap(mproc_shm *shm, mproc_queue **out)
     q->ring = (uint8_t *)q->st + q->st->ring_off;
     q->cap = q->st->capacity;
     q->mask = q->cap - 1;
+    if (!membarrier_register())
+        atomic_store(&q->st->async_wake, 0);
     *out = q;
     return 0;
 }
@@ -678,6 +779,7 @@ static int q_new(mproc_queue **out, const mproc_queue_opts *o, bool joinable)
     st->lim_depth = o->limits.max_depth;
     st->lim_items = o->limits.max_items;
     st->lim_bytes = o->limits.max_bytes;
+    st->async_wake = 1; /* until some user cannot register */
     st->magic = Q_MAGIC;
     rc = q_wrap(shm, out);
     if (rc)
@@ -865,7 +967,7 @@ int mproc_queue_join(mproc_queue *q, double timeout)
         uint32_t v = atomic_load(&st->done_word);
         int rc = 0;
         if (atomic_load(&st->n_done) < atomic_load(&st->n_put))
-            rc = mproc_deadline_expired(d) ? MPROC_ETIMEDOUT : mproc__futex_wait(&st->done_word, v, d);
+            rc = mproc_deadline_expired(d) ? MPROC_ETIMEDOUT : nap(&st->done_word, v, d);
         else
             rc = 1;
         atomic_fetch_sub(&st->join_sleepers, 1);
