@@ -51,7 +51,8 @@
 #define R_LAST 2u
 #define R_ABORT 4u
 #define Q_MAX_MESSAGE_LIMIT ((uint64_t)1 << 40)
-#define SPIN 2000                    /* polls before sleeping */
+#define SPIN 200                     /* polls before sleeping */
+#define SPIN_GAP 32                  /* pauses between polls */
 #define NAP_NS 100000000             /* longest sleep between re-checks: 100 ms */
 #define PROBE_NS 20000000            /* mid-message check on the producer: 20 ms */
 #define NOWAIT_LOCK_NS 1000000       /* how long a *_nowait call waits for the side lock */
@@ -244,12 +245,15 @@ typedef bool (*ready_fn)(const mproc_queue *q, uint64_t arg);
 static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t arg, mproc_deadline d,
                       bool on_close)
 {
-    /* Poll with growing gaps: each poll pulls the other side's hot line away
-     * from it, so a waiter that polls flat out slows the side it waits for. */
-    for (int i = 0; i < SPIN; i += 1 + i / 64) {
+    /* Poll with gaps: each poll pulls the other side's hot line away from it,
+     * so a waiter polling flat out slows the side it waits for, and a consumer
+     * that keeps catching up makes every message a cache-line round trip. A
+     * gap of ~SPIN_GAP pauses lets a backlog form, which is then drained
+     * without touching the producer's line. */
+    for (int i = 0; i < SPIN; i++) {
         if (ready(q, arg))
             return 0;
-        for (int k = 0; k <= i / 64; k++)
+        for (int k = 0; k < SPIN_GAP; k++)
             cpu_relax();
     }
     atomic_store(&w->sleeping, 1);
