@@ -26,6 +26,7 @@
 #include <mproc.h>
 
 #include "bench.h"
+#include "bench_raw.h"
 
 #ifndef MPROC_BENCH_PYDIR
 #define MPROC_BENCH_PYDIR "bench/python"
@@ -35,96 +36,6 @@
 #define PYTHON_TARGET 20.0
 #define SMALL 64
 #define BIG ((size_t)1 << 20)
-
-
-/* ------------------------------------------------------- the raw anchor */
-
-typedef struct raw_reader {
-    int fd;
-    unsigned char buf[64 << 10];
-    size_t pos, len;
-} raw_reader;
-
-static void raw_send(int fd, const void *p, size_t n)
-{
-    unsigned char hdr[4] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
-                            (unsigned char)(n >> 8), (unsigned char)n};
-    struct iovec iov[2] = {{hdr, 4}, {(void *)p, n}};
-    int k = 2;
-    struct iovec *v = iov;
-    while (k > 0) {
-        ssize_t w = writev(fd, v, k);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            perror("raw writev");
-            exit(1);
-        }
-        while (k > 0 && (size_t)w >= v->iov_len) {
-            w -= (ssize_t)v->iov_len;
-            v++;
-            k--;
-        }
-        if (k > 0) {
-            v->iov_base = (char *)v->iov_base + w;
-            v->iov_len -= (size_t)w;
-        }
-    }
-}
-
-/* Make `need` bytes available in the buffer; false at EOF. */
-static bool raw_fill(raw_reader *r, size_t need)
-{
-    if (r->pos == r->len)
-        r->pos = r->len = 0;
-    while (r->len - r->pos < need) {
-        if (sizeof r->buf - r->pos < need) {
-            memmove(r->buf, r->buf + r->pos, r->len - r->pos);
-            r->len -= r->pos;
-            r->pos = 0;
-        }
-        ssize_t n = read(r->fd, r->buf + r->len, sizeof r->buf - r->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return false;
-        r->len += (size_t)n;
-    }
-    return true;
-}
-
-/* One frame into dest (cap bytes); its length, or 0 at EOF. */
-static size_t raw_recv(raw_reader *r, void *dest, size_t cap)
-{
-    if (!raw_fill(r, 4))
-        return 0;
-    unsigned char *h = r->buf + r->pos;
-    size_t n = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
-    r->pos += 4;
-    if (n > cap) {
-        fprintf(stderr, "raw: frame too big\n");
-        exit(1);
-    }
-    if (n <= sizeof r->buf) {
-        if (!raw_fill(r, n))
-            return 0;
-        memcpy(dest, r->buf + r->pos, n);
-        r->pos += n;
-        return n;
-    }
-    size_t got = r->len - r->pos < n ? r->len - r->pos : n;
-    memcpy(dest, r->buf + r->pos, got);
-    r->pos += got;
-    while (got < n) {
-        ssize_t k = read(r->fd, (char *)dest + got, n - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return 0;
-        got += (size_t)k;
-    }
-    return n;
-}
 
 /* ------------------------------------------------------------ workloads */
 
@@ -157,7 +68,8 @@ static size_t end_recv(end *e, void *p, size_t cap)
         OK(rc);
         return n;
     }
-    return raw_recv(e->r, p, cap);
+    size_t n;
+    return raw_recv(e->r, p, cap, &n) ? n : 0;
 }
 
 static void make_pair(int kind, end *a, end *b)
