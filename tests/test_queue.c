@@ -742,12 +742,22 @@ typedef struct nm_state {
     _Atomic uint8_t seen[TOTAL];
 } nm_state;
 
+/* The arguments every stress worker gets: (queue, shared state segment,
+ * slot number). Returns the shared state, NULL if any argument is missing. */
+static void *worker_args(mproc_args *a, mproc_queue **q, int64_t *slot)
+{
+    mproc_shm *s = mproc_args_object(a, 1, &mproc_shm_type);
+    *q = mproc_args_object(a, 0, &mproc_queue_type);
+    *slot = -1;
+    mproc_args_get_int(a, 2, slot);
+    return *q && s && *slot >= 0 ? mproc_shm_buf(s) : NULL;
+}
+
 static int t_nm_producer(mproc_args *a)
 {
-    mproc_queue *q = mproc_args_object(a, 0, &mproc_queue_type);
-    int64_t p = -1;
-    mproc_args_get_int(a, 2, &p);
-    if (!q || p < 0)
+    mproc_queue *q;
+    int64_t p;
+    if (!worker_args(a, &q, &p))
         return 2;
     uint8_t buf[200];
     for (uint64_t i = 0; i < PER; i++) {
@@ -762,13 +772,11 @@ static int t_nm_producer(mproc_args *a)
 
 static int t_nm_consumer(mproc_args *a)
 {
-    mproc_queue *q = mproc_args_object(a, 0, &mproc_queue_type);
-    mproc_shm *s = mproc_args_object(a, 1, &mproc_shm_type);
-    int64_t c = -1;
-    mproc_args_get_int(a, 2, &c);
-    if (!q || !s || c < 0)
+    mproc_queue *q;
+    int64_t c;
+    nm_state *st = worker_args(a, &q, &c);
+    if (!st)
         return 2;
-    nm_state *st = mproc_shm_buf(s);
     int64_t last[NP];
     for (int i = 0; i < NP; i++)
         last[i] = -1;
@@ -974,13 +982,11 @@ typedef struct kill_state {
 
 static int t_kill_producer(mproc_args *a)
 {
-    mproc_queue *q = mproc_args_object(a, 0, &mproc_queue_type);
-    mproc_shm *s = mproc_args_object(a, 1, &mproc_shm_type);
-    int64_t slot = -1;
-    mproc_args_get_int(a, 2, &slot);
-    if (!q || !s || slot < 0)
+    mproc_queue *q;
+    int64_t slot;
+    kill_state *st = worker_args(a, &q, &slot);
+    if (!st)
         return 2;
-    kill_state *st = mproc_shm_buf(s);
     uint8_t *buf = malloc(KBIG + 1000);
     for (uint64_t i = 0; i < KSEQ; i++) {
         uint64_t id = ((uint64_t)slot << 32) | i;
@@ -1001,13 +1007,11 @@ static int t_kill_producer(mproc_args *a)
 
 static int t_kill_consumer(mproc_args *a)
 {
-    mproc_queue *q = mproc_args_object(a, 0, &mproc_queue_type);
-    mproc_shm *s = mproc_args_object(a, 1, &mproc_shm_type);
-    int64_t slot = -1;
-    mproc_args_get_int(a, 2, &slot);
-    if (!q || !s || slot < 0)
+    mproc_queue *q;
+    int64_t slot;
+    kill_state *st = worker_args(a, &q, &slot);
+    if (!st)
         return 2;
-    kill_state *st = mproc_shm_buf(s);
     uint8_t *buf = malloc(KBIG + 1000);
     for (;;) {
         size_t n;
