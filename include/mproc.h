@@ -10,5 +10,7 @@
 #include "mproc/value.h"
 #include "mproc/connection.h"
 #include "mproc/queue.h"
+#include "mproc/pool.h"
+#include "mproc/futures.h"
 
 #endif
