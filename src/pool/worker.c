@@ -1,0 +1,352 @@
+/* worker.c — the pool worker: take units from its task queue, run the task
+ * on each item, put the outcomes on the result queue. Before each item it
+ * records (unit, item) in its arena slot, so a death is pinned on that item. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "pool_int.h"
+#include "../process/process_int.h"
+
+static __thread bool tl_in_task;
+static __thread bool tl_msg_set;
+static __thread char tl_msg[POOL_MSG_MAX];
+
+int mproc_task_error(const char *fmt, ...)
+{
+    if (tl_in_task && fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
+        va_end(ap);
+        tl_msg_set = true;
+    }
+    return MPROC_EREMOTE;
+}
+
+typedef struct wk {
+    uint32_t idx, gen;
+    int64_t maxtasks;
+    mproc_queue *tq, *rq;
+    uint8_t *arena;
+    size_t arena_size;
+    pool_slot *slot;
+    void **fns;
+    size_t nfns;
+    uint8_t *msg;
+    size_t msg_cap;
+    mproc_buf res, out, enc;
+} wk;
+
+/* Before a task runs: a clean message slate. */
+static void task_begin(void)
+{
+    tl_in_task = true;
+    tl_msg_set = false;
+}
+
+/* After a task failed with rc: its message, or one made from the code. */
+static const char *task_message(int rc, char *buf, size_t len)
+{
+    tl_in_task = false;
+    if (tl_msg_set)
+        return tl_msg;
+    if (rc > 0)
+        snprintf(buf, len, "task failed (returned %d)", rc);
+    else
+        snprintf(buf, len, "task failed: %s (%s)", mproc_errname(rc), mproc_strerror(rc));
+    return buf;
+}
+
+static int put_item(mproc_buf *b, int32_t code, const void *p, size_t n)
+{
+    if (n > UINT32_MAX)
+        return MPROC_EMSGSIZE;
+    pr_item it = {code, (uint32_t)n};
+    int rc = mproc_buf_append(b, &it, sizeof it);
+    return rc ? rc : mproc_buf_append(b, p, n);
+}
+
+static int put_error(mproc_buf *b, int rc, const char *msg)
+{
+    size_t n = strnlen(msg, POOL_MSG_MAX - 1);
+    return put_item(b, rc ? rc : MPROC_EREMOTE, msg, n);
+}
+
+/* Run a value or star task on one encoded item; the output goes to w->out. */
+static int run_value(wk *w, int kind, void *fn, const uint8_t *p, size_t n, char *ebuf, size_t elen,
+                     const char **emsg)
+{
+    mproc_value *arg = NULL, *res = NULL;
+    int rc = mproc_msgpack_decode(p, n, NULL, &arg);
+    if (rc) {
+        snprintf(ebuf, elen, "task input did not decode: %s", mproc_errmsg());
+        *emsg = ebuf;
+        return rc;
+    }
+    task_begin();
+    if (kind == UK_VALUE) {
+        rc = ((mproc_value_fn)fn)(arg, &res);
+    } else {
+        size_t argc = mproc_value_len(arg);
+        mproc_value **argv = calloc(argc ? argc : 1, sizeof *argv);
+        if (!argv) {
+            rc = MPROC_ENOMEM;
+        } else {
+            for (size_t i = 0; i < argc; i++)
+                argv[i] = mproc_value_at(arg, i);
+            rc = ((mproc_star_fn)fn)(argv, argc, &res);
+            free(argv);
+        }
+    }
+    mproc_value_free(arg);
+    if (rc) {
+        mproc_value_free(res);
+        *emsg = task_message(rc, ebuf, elen);
+        return rc;
+    }
+    tl_in_task = false;
+    w->out.len = 0;
+    if (!res) {
+        mproc_value *nil = mproc_value_nil();
+        rc = nil ? mproc_msgpack_encode(nil, &w->out) : MPROC_ENOMEM;
+        mproc_value_free(nil);
+    } else {
+        rc = mproc_msgpack_encode(res, &w->out);
+        mproc_value_free(res);
+    }
+    if (rc) {
+        snprintf(ebuf, elen, "task output did not encode: %s", mproc_errmsg());
+        *emsg = ebuf;
+    }
+    return rc;
+}
+
+/* Items units: each record {u32 len, bytes} runs the task once. */
+static int run_items(wk *w, const pm_unit *u, void *fn, const uint8_t *items, size_t len)
+{
+    mproc_reader r = {items, items + len};
+    char ebuf[POOL_MSG_MAX];
+    for (uint32_t k = 0; k < u->n; k++) {
+        const uint8_t *p;
+        size_t n;
+        const char *emsg = NULL;
+        int rc = mproc__get_blob(&r, &p, &n);
+        if (rc)
+            return rc; /* the parent sent garbage: give up on this worker */
+        atomic_store_explicit(&w->slot->item, k, memory_order_relaxed);
+        if (u->kind == UK_BYTES) {
+            w->out.len = 0;
+            task_begin();
+            rc = ((mproc_bytes_fn)fn)(p, n, &w->out);
+            if (rc)
+                emsg = task_message(rc, ebuf, sizeof ebuf);
+            tl_in_task = false;
+        } else {
+            rc = run_value(w, u->kind, fn, p, n, ebuf, sizeof ebuf, &emsg);
+        }
+        rc = rc ? put_error(&w->res, rc, emsg) : put_item(&w->res, 0, w->out.data, w->out.len);
+        if (rc == MPROC_EMSGSIZE)
+            rc = put_error(&w->res, MPROC_EMSGSIZE, "task output is larger than 4 GiB");
+        if (rc)
+            return rc;
+        if (w->out.cap > (64u << 20)) /* do not keep a huge buffer after a huge output */
+            mproc__buf_free(&w->out);
+    }
+    return 0;
+}
+
+/* Element units: out[i] = fn(in[i]) in the arena. */
+static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
+{
+    mproc_elem_fn f = (mproc_elem_fn)fn;
+    if (u->a > w->arena_size || u->b > w->arena_size || u->c * u->n > w->arena_size - u->a ||
+        u->d * u->n > w->arena_size - u->b)
+        return MPROC_EPROTO;
+    const uint8_t *in = w->arena + u->a;
+    uint8_t *out = w->arena + u->b;
+    size_t is = u->c, os = u->d;
+    char ebuf[POOL_MSG_MAX];
+    task_begin();
+    for (uint32_t k = 0; k < u->n; k++) {
+        atomic_store_explicit(&w->slot->item, k, memory_order_relaxed);
+        int rc = f(in + (size_t)k * is, out + (size_t)k * os);
+        if (rc) {
+            const char *m = task_message(rc, ebuf, sizeof ebuf);
+            size_t ml = strnlen(m, POOL_MSG_MAX - 1);
+            h->code = rc;
+            h->n = k;
+            h->len = (uint32_t)ml;
+            return mproc_buf_append(&w->res, m, ml);
+        }
+    }
+    tl_in_task = false;
+    return 0;
+}
+
+/* Queue waits are bounded so an orphaned worker notices its parent is gone. */
+static int wk_put(wk *w, const void *p, size_t n)
+{
+    for (;;) {
+        int rc = mproc_queue_put(w->rq, p, n, 1.0);
+        if (rc != MPROC_ETIMEDOUT)
+            return rc;
+        if (!mproc__parent_alive())
+            return MPROC_ECLOSED;
+    }
+}
+
+static int wk_get(wk *w, size_t *len)
+{
+    for (;;) {
+        int rc = mproc_queue_get_into(w->tq, w->msg, w->msg_cap, len, 1.0);
+        if (rc == MPROC_EMSGSIZE) {
+            uint8_t *m = realloc(w->msg, *len);
+            if (!m)
+                return MPROC_ENOMEM;
+            w->msg = m;
+            w->msg_cap = *len;
+            continue;
+        }
+        if (rc != MPROC_ETIMEDOUT)
+            return rc;
+        if (!mproc__parent_alive())
+            return MPROC_ECLOSED;
+    }
+}
+
+static int on_def(wk *w, const uint8_t *m, size_t len)
+{
+    mproc_reader r = {m + 1, m + len};
+    uint32_t id;
+    void *fn;
+    int rc = mproc__get_u32(&r, &id);
+    if (!rc)
+        rc = mproc__modref_get(&r, &fn);
+    if (rc)
+        return rc;
+    if (id != w->nfns)
+        return MPROC_EPROTO;
+    void **t = realloc(w->fns, (w->nfns + 1) * sizeof *t);
+    if (!t)
+        return MPROC_ENOMEM;
+    w->fns = t;
+    w->fns[w->nfns++] = fn;
+    return 0;
+}
+
+static int on_unit(wk *w, const uint8_t *m, size_t len)
+{
+    pm_unit u;
+    if (len < sizeof u)
+        return MPROC_EPROTO;
+    memcpy(&u, m, sizeof u);
+    if (u.fn_id >= w->nfns)
+        return MPROC_EPROTO;
+    void *fn = w->fns[u.fn_id];
+    pr_head h = {.type = PR_RESULT, .worker = w->idx, .gen = w->gen, .id = u.id, .n = u.n};
+    w->res.len = 0;
+    int rc = mproc_buf_append(&w->res, &h, sizeof h);
+    if (rc)
+        return rc;
+    atomic_store_explicit(&w->slot->item, 0, memory_order_relaxed);
+    atomic_store_explicit(&w->slot->unit, u.id, memory_order_release);
+    if (u.kind == UK_ELEM) {
+        rc = run_elems(w, &u, fn, &h);
+        memcpy(w->res.data, &h, sizeof h);
+    } else if (u.flags & UF_ARENA) {
+        rc = u.a > w->arena_size || u.b > w->arena_size - u.a
+                 ? MPROC_EPROTO
+                 : run_items(w, &u, fn, w->arena + u.a, u.b);
+    } else {
+        rc = run_items(w, &u, fn, m + sizeof u, len - sizeof u);
+    }
+    atomic_store_explicit(&w->slot->unit, 0, memory_order_release);
+    return rc ? rc : wk_put(w, w->res.data, w->res.len);
+}
+
+static int send_init(wk *w, int code, const char *msg)
+{
+    size_t ml = msg ? strnlen(msg, POOL_MSG_MAX - 1) : 0;
+    pr_head h = {.type = PR_INIT, .worker = w->idx, .gen = w->gen, .code = code, .len = (uint32_t)ml};
+    uint8_t buf[sizeof h + POOL_MSG_MAX];
+    memcpy(buf, &h, sizeof h);
+    if (ml)
+        memcpy(buf + sizeof h, msg, ml);
+    return wk_put(w, buf, sizeof h + ml);
+}
+
+/* Run the initializer (a modref in argument 7; its arguments from 8 on). */
+static int run_init(wk *w, mproc_args *a)
+{
+    size_t rlen = 0;
+    const void *ref = mproc_args_bytes(a, 7, &rlen);
+    if (!ref || rlen == 0)
+        return send_init(w, 0, NULL);
+    mproc_reader r = {ref, (const uint8_t *)ref + rlen};
+    void *fn;
+    int rc = mproc__modref_get(&r, &fn);
+    if (rc)
+        return send_init(w, rc, mproc_errmsg()) ? rc : rc;
+    mproc_args view = {a->v + 8, a->n - 8, a->n - 8};
+    char ebuf[POOL_MSG_MAX];
+    task_begin();
+    rc = ((mproc_target_fn)fn)(&view);
+    const char *m = rc ? task_message(rc, ebuf, sizeof ebuf) : NULL;
+    tl_in_task = false;
+    if (rc && !tl_msg_set && mproc_errmsg()[0]) {
+        snprintf(ebuf, sizeof ebuf, "initializer failed (returned %d): %s", rc, mproc_errmsg());
+        m = ebuf;
+    }
+    int src = send_init(w, rc ? (rc < 0 ? rc : MPROC_EREMOTE) : 0, m);
+    return rc ? MPROC_EREMOTE : src;
+}
+
+int mproc__pool_worker_main(mproc_args *a)
+{
+    wk w;
+    memset(&w, 0, sizeof w);
+    int64_t idx, gen, asz;
+    int fd = mproc_args_fd(a, 5);
+    if (mproc_args_get_int(a, 0, &idx) || mproc_args_get_int(a, 1, &gen) ||
+        mproc_args_get_int(a, 2, &w.maxtasks) || mproc_args_get_int(a, 6, &asz) || fd < 0)
+        return 70;
+    w.idx = (uint32_t)idx;
+    w.gen = (uint32_t)gen;
+    w.tq = mproc_args_object(a, 3, &mproc_queue_type);
+    w.rq = mproc_args_object(a, 4, &mproc_queue_type);
+    w.arena_size = (size_t)asz;
+    void *base = mmap(NULL, w.arena_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    if (!w.tq || !w.rq || base == MAP_FAILED)
+        return 71;
+    w.arena = base;
+    w.slot = (pool_slot *)w.arena + w.idx;
+    int rc = run_init(&w, a);
+    size_t done = 0;
+    while (rc == 0) {
+        size_t len;
+        rc = wk_get(&w, &len);
+        if (rc || len == 0)
+            break;
+        if (w.msg[0] == PM_DEF) {
+            rc = on_def(&w, w.msg, len);
+        } else if (w.msg[0] == PM_UNIT) {
+            rc = on_unit(&w, w.msg, len);
+            if (rc == 0 && w.maxtasks > 0 && ++done >= (size_t)w.maxtasks)
+                break;
+        } else {
+            rc = MPROC_EPROTO;
+        }
+    }
+    munmap(w.arena, w.arena_size);
+    free(w.msg);
+    free(w.fns);
+    mproc__buf_free(&w.res);
+    mproc__buf_free(&w.out);
+    mproc__buf_free(&w.enc);
+    /* ECLOSED is the normal end (close: the task queue was shut down). */
+    return rc == 0 || rc == MPROC_ECLOSED ? 0 : 72;
+}
