@@ -15,4 +15,6 @@ run pipe "seed 001: Pipe(); a child sends [42, None, 'hello'] (pickled, as Pytho
 run echo_server "seed 001: an echo server (a child) behind Listener with an authkey, over TCP and AF_UNIX; a wrong key is refused on both sides"
 run queue_hello "seed 001: Queue(); a spawned child puts 'hello', a forked one puts [42, None, 'hello'] (MessagePack); get with a timeout on the empty queue"
 run joinable_queue "a JoinableQueue of 20 numbers, 3 consumers square them into a results Queue; join(), then shutdown() ends the consumers without sentinels"
+run pool_seed "seed 001: Pool(8) runs mul/plus tasks through apply_async, imap, imap_unordered and map; then concurrent.futures submit + as_completed"
+run pool_progress "a progress bar from on_progress while map_array tests 200,000 numbers for primality; a task SIGKILLs its own worker: only that item fails (MPROC_EWORKER)"
 printf '\nTour done. More: docs/ and README.md.\n'
