@@ -760,26 +760,29 @@ static int send_unit(mproc_pool *p, worker *w, unit *u)
     return 0;
 }
 
+/* Hand out units, each to the least loaded worker that can take one, so
+ * idle workers fill before any queue deepens. */
 static void dispatch(mproc_pool *p)
 {
     if (p->state >= ST_TERMINATING || p->broken)
         return;
     unsigned lim = depth(p);
-    for (bool progress = true; progress;) {
-        progress = false;
+    for (;;) {
+        worker *best = NULL;
         for (int k = 0; k < p->n; k++) {
             worker *w = &p->w[(p->rr + (unsigned)k) % (unsigned)p->n];
-            if (!can_take(p, w, lim))
-                continue;
-            unit *u = next_unit(p);
-            if (!u)
-                return;
-            if (send_unit(p, w, u) != 0) {
-                w->full = true;
-                retry_push(p, u, true);
-                continue;
-            }
-            progress = true;
+            if (can_take(p, w, lim) && (!best || w->ninflight < best->ninflight))
+                best = w;
+        }
+        if (!best)
+            return;
+        unit *u = next_unit(p);
+        if (!u)
+            return;
+        if (send_unit(p, best, u) != 0) {
+            best->full = true;
+            retry_push(p, u, true);
+            continue;
         }
         p->rr++;
     }
@@ -1256,11 +1259,12 @@ static void *results_main(void *arg)
             continue;
         }
         pthread_mutex_lock(&p->mu);
-        for (int k = 0; rc == 0 && k < 64; k++) {
+        /* Take what else is queued (up to a batch) under one lock hold. */
+        for (int k = 0; rc == 0; k++) {
             handle_msg(p, buf, len);
+            if (k == 63)
+                break;
             rc = mproc_queue_get_into(p->rq, buf, cap, &len, 0);
-            if (rc == MPROC_EMSGSIZE)
-                break; /* taken on the next round */
         }
         /* A worker that ended before it could be watched: handled once the
          * queue is empty, so its last results are in. */
