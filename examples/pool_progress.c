@@ -30,8 +30,9 @@ static void check(int rc, const char *what)
 }
 
 /* The element task: out = is_prime(in), by trial division (the slow way, on purpose). */
-static int is_prime(const void *in, void *out)
+static int is_prime(const void *in, void *out, const void *arg)
 {
+    (void)arg;
     uint64_t n = *(const uint64_t *)in;
     uint8_t prime = n >= 2 && (n % 2 != 0 || n == 2);
     for (uint64_t d = 3; prime && d * d <= n; d += 2)

@@ -7,8 +7,9 @@
  *   - value:   int f(const mproc_value *arg, mproc_value **out)
  *   - star:    int f(mproc_value *const *args, size_t nargs, mproc_value **out)
  *              (starmap: the input is a list, unpacked into args)
- *   - element: int f(const void *in, void *out) over fixed-size elements of a
- *              C array (mproc_pool_map_array: no per-item serialisation)
+ *   - element: int f(const void *in, void *out, const void *arg) over
+ *              fixed-size elements of a C array (mproc_pool_map_array: no
+ *              per-item serialisation; arg: the call's opts.arg bytes)
  * A task returns 0, or an error: return mproc_task_error("fmt", ...) and the
  * message reaches the caller, who gets MPROC_EREMOTE and the message from
  * mproc_result_error() / mproc_errmsg(). Under spawn and forkserver the
@@ -56,8 +57,9 @@ typedef int (*mproc_bytes_fn)(const void *in, size_t len, mproc_buf *out);
 typedef int (*mproc_value_fn)(const mproc_value *arg, mproc_value **out);
 /* Star task (starmap): the input list's items, borrowed. */
 typedef int (*mproc_star_fn)(mproc_value *const *args, size_t nargs, mproc_value **out);
-/* Element task (map_array): read one input element, write one output element. */
-typedef int (*mproc_elem_fn)(const void *in, void *out);
+/* Element task (map_array): read one input element, write one output element.
+ * `arg` points to the worker's copy of the call's opts.arg bytes (NULL if none). */
+typedef int (*mproc_elem_fn)(const void *in, void *out, const void *arg);
 
 typedef enum mproc_task_kind {
     MPROC_TASK_BYTES = 1,
@@ -151,6 +153,10 @@ typedef struct mproc_call_opts {
     /* Map-style calls: after each finished chunk, items done so far and total. */
     void (*on_progress)(size_t done, size_t total, void *ud);
     void *ud;
+    /* map_array: bytes copied to the workers with the call and passed to each
+     * element call as `arg` (parameters that work under every start method). */
+    const void *arg;
+    size_t arg_len;
 } mproc_call_opts;
 
 /* apply: run task(arg) in a worker and wait up to `timeout` for it. On 0,
@@ -241,8 +247,8 @@ int mproc_pool_close(mproc_pool *pool);
 int mproc_pool_terminate(mproc_pool *pool);
 
 /* Wait up to `timeout` for every worker to have exited after close or
- * terminate. 0, MPROC_ETIMEDOUT, MPROC_ESTATE (neither was called, or called
- * from a callback). */
+ * terminate. 0, MPROC_ETIMEDOUT, MPROC_ESTATE (neither was called),
+ * MPROC_EDEADLK (called from a callback). */
 int mproc_pool_join(mproc_pool *pool, double timeout);
 
 /* terminate (unless closed and joined), join, and free everything. Result and

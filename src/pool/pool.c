@@ -73,7 +73,7 @@ struct mproc_result {
     bool in_arena;
     uint64_t arena_off, arena_len;
     /* map_array */
-    uint64_t out_off;
+    uint64_t out_off, arg_off, arg_len;
     size_t in_size, out_size;
     void *user_out;
     /* dispatch, under pool->mu */
@@ -730,6 +730,8 @@ static int send_unit(mproc_pool *p, worker *w, unit *u)
         m.b = c->out_off + u->lo * c->out_size;
         m.c = c->in_size;
         m.d = c->out_size;
+        m.e = c->arg_off;
+        m.f = c->arg_len;
     } else if (c->in_arena) {
         m.flags = UF_ARENA;
         m.a = c->arena_off + c->offs[u->lo];
@@ -824,8 +826,12 @@ static int worker_start(mproc_pool *p, worker *w)
         default: rc = MPROC_EINVAL; break;
         }
     }
+    /* Python's names: ForkPoolWorker-N, SpawnPoolWorker-N, ForkServerPoolWorker-N. */
+    static const char *const kind[] = {"Fork", "Fork", "Spawn", "ForkServer"};
+    mproc_start_method sm = mproc_context_start_method(p->o.ctx);
     char name[64];
-    snprintf(name, sizeof name, "PoolWorker-%d", w->idx + 1);
+    snprintf(name, sizeof name, "%sPoolWorker-%llu", kind[sm <= 3 ? sm : 0],
+             (unsigned long long)p->st.workers_started + 1);
     mproc_process_opts po = {.name = name, .daemon = true, .ctx = p->o.ctx,
                              .start_timeout = p->o.start_timeout};
     if (!rc)
@@ -1896,15 +1902,21 @@ int mproc_pool_map_array_async(mproc_pool *p, mproc_elem_fn fn, const void *in, 
                          p->state == ST_CLOSED ? "closed" : "terminated");
     else if (p->broken)
         rc = mproc__fail(MPROC_EWORKER, "pool_map_array: the pool is broken: %s", p->broken_msg);
+    /* One extent holds the input then the arg bytes; another the output. */
+    size_t alen = o && o->arg ? o->arg_len : 0;
+    if (!rc && n && alen > SIZE_MAX - n * in_size)
+        rc = mproc__fail(MPROC_EINVAL, "pool_map_array: arg too large");
     if (!rc && n)
-        rc = arena_alloc(p, n * in_size, &c->arena_off);
+        rc = arena_alloc(p, n * in_size + alen, &c->arena_off);
     if (!rc && n) {
         rc = arena_alloc(p, n * out_size, &c->out_off);
         if (rc)
-            arena_free(p, c->arena_off, n * in_size);
+            arena_free(p, c->arena_off, n * in_size + alen);
         else {
             c->in_arena = true;
-            c->arena_len = n * in_size;
+            c->arena_len = n * in_size + alen;
+            c->arg_off = c->arena_off + n * in_size;
+            c->arg_len = alen;
         }
     }
     pthread_mutex_unlock(&p->mu);
@@ -1915,12 +1927,14 @@ int mproc_pool_map_array_async(mproc_pool *p, mproc_elem_fn fn, const void *in, 
     }
     if (n)
         memcpy(p->abase + c->arena_off, in, n * in_size);
+    if (n && c->arg_len)
+        memcpy(p->abase + c->arg_off, o->arg, c->arg_len);
     /* submit() only registers the function and queues the call for element maps */
     rc = submit(p, c, "pool_map_array");
     if (rc) {
         pthread_mutex_lock(&p->mu);
         if (n) {
-            arena_free(p, c->arena_off, n * in_size);
+            arena_free(p, c->arena_off, c->arena_len);
             arena_free(p, c->out_off, n * out_size);
         }
         pthread_mutex_unlock(&p->mu);

@@ -25,14 +25,15 @@ enum { UK_BYTES = MPROC_TASK_BYTES, UK_VALUE = MPROC_TASK_VALUE, UK_STAR = MPROC
 #define UF_ARENA 1u /* the items are in the arena at [a, a + b) */
 
 /* A unit of work: n items of one call. Items are records {u32 len, bytes}.
- * UK_ELEM: input elements at arena offset a (size c each), outputs at b (size d). */
+ * UK_ELEM: input elements at arena offset a (size c each), outputs at b (size
+ * d), the call's arg bytes at e (f bytes; f = 0: none). */
 typedef struct pm_unit {
     uint8_t type, kind;
     uint16_t flags;
     uint32_t fn_id;
     uint64_t id;
     uint32_t n, pad;
-    uint64_t a, b, c, d;
+    uint64_t a, b, c, d, e, f;
 } pm_unit;
 
 typedef struct pr_head {

@@ -164,8 +164,9 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
 {
     mproc_elem_fn f = (mproc_elem_fn)fn;
     if (u->a > w->arena_size || u->b > w->arena_size || u->c * u->n > w->arena_size - u->a ||
-        u->d * u->n > w->arena_size - u->b)
+        u->d * u->n > w->arena_size - u->b || u->e > w->arena_size || u->f > w->arena_size - u->e)
         return MPROC_EPROTO;
+    const void *arg = u->f ? w->arena + u->e : NULL;
     const uint8_t *in = w->arena + u->a;
     uint8_t *out = w->arena + u->b;
     size_t is = u->c, os = u->d;
@@ -173,7 +174,7 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
     task_begin();
     for (uint32_t k = 0; k < u->n; k++) {
         atomic_store_explicit(&w->slot->item, k, memory_order_relaxed);
-        int rc = f(in + (size_t)k * is, out + (size_t)k * os);
+        int rc = f(in + (size_t)k * is, out + (size_t)k * os, arg);
         if (rc) {
             const char *m = task_message(rc, ebuf, sizeof ebuf);
             size_t ml = strnlen(m, POOL_MSG_MAX - 1);
