@@ -159,6 +159,7 @@ struct mproc_pool {
     bool broken, starting, threads_joined;
     char *broken_msg;
     int ready_count, init_err;
+    unsigned unblamed; /* deaths in a row with work held but no task running */
     char init_msg[POOL_MSG_MAX + 64];
     double kill_at;
     bool killed;
@@ -922,6 +923,7 @@ static void handle_death(mproc_pool *p, worker *w)
         p->st.workers_recycled++;
     else if (had_work || code != 0)
         p->st.workers_died++;
+    bool blamed = false;
     /* Units go back in their order, ahead of everything else. */
     unit *back = NULL, *back_tail = NULL;
 #define PUSH_BACK(x)                      \
@@ -947,6 +949,7 @@ static void handle_death(mproc_pool *p, worker *w)
             continue;
         }
         size_t k = u->lo + si;
+        blamed = true;
         if (c->tkind == UK_ELEM && c->kind == CK_ARRAY && !(p->o.retry_crashed && !u->retried)) {
             /* An element map fails as a whole on the first failed element. */
             p->st.items_failed++;
@@ -993,6 +996,15 @@ static void handle_death(mproc_pool *p, worker *w)
         for (unit *u = back; u->next; u = u->next)
             u->next->prev = u;
         back->prev = NULL;
+    }
+    /* Workers that keep dying with units queued but no task running die of
+     * something no retry will fix: stop rather than restart them forever. */
+    if (had_work)
+        p->unblamed = blamed ? 0 : p->unblamed + 1;
+    if (p->unblamed >= 5 && p->state < ST_TERMINATING) {
+        char m[POOL_MSG_MAX + 64];
+        snprintf(m, sizeof m, "pool: workers keep dying outside tasks (last: %s)", msg);
+        break_pool(p, m);
     }
     if (p->state >= ST_TERMINATING || p->broken)
         return;
@@ -1074,6 +1086,7 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
     else
         w->tail = NULL;
     w->ninflight--;
+    p->unblamed = 0;
     w->full = false;
     double now = mproc_monotonic();
     double start = u->t_sent > w->t_last ? u->t_sent : w->t_last;
@@ -1574,6 +1587,10 @@ void mproc_pool_free(mproc_pool *p)
 {
     if (!p || p->owner != getpid())
         return;
+    if (tl_pool_thread == p) {
+        mproc_log(1, "pool_free: called from a pool callback; the pool is left running");
+        return;
+    }
     pthread_mutex_lock(&p->mu);
     bool finished = p->state == ST_FINISHED;
     pthread_mutex_unlock(&p->mu);

@@ -35,6 +35,7 @@ typedef struct wk {
     size_t arena_size;
     pool_slot *slot;
     void **fns;
+    char **fn_err; /* why fns[i] is NULL: its module did not resolve here */
     size_t nfns;
     uint8_t *msg;
     size_t msg_cap;
@@ -225,17 +226,28 @@ static int on_def(wk *w, const uint8_t *m, size_t len)
     uint32_t id;
     void *fn;
     int rc = mproc__get_u32(&r, &id);
-    if (!rc)
-        rc = mproc__modref_get(&r, &fn);
-    if (rc)
-        return rc;
-    if (id != w->nfns)
+    if (rc || id != w->nfns)
         return MPROC_EPROTO;
+    /* A function that does not resolve fails its tasks (with the reason);
+     * exiting instead would only have the pool restart us forever. */
+    char *why = NULL;
+    if (mproc__modref_get(&r, &fn) != 0) {
+        fn = NULL;
+        why = strdup(mproc_errmsg());
+        if (!why)
+            return MPROC_ENOMEM;
+    }
     void **t = realloc(w->fns, (w->nfns + 1) * sizeof *t);
-    if (!t)
+    char **e = t ? realloc(w->fn_err, (w->nfns + 1) * sizeof *e) : NULL;
+    if (t)
+        w->fns = t;
+    if (!e) {
+        free(why);
         return MPROC_ENOMEM;
-    w->fns = t;
-    w->fns[w->nfns++] = fn;
+    }
+    w->fn_err = e;
+    w->fns[w->nfns] = fn;
+    w->fn_err[w->nfns++] = why;
     return 0;
 }
 
@@ -255,7 +267,20 @@ static int on_unit(wk *w, const uint8_t *m, size_t len)
         return rc;
     atomic_store_explicit(&w->slot->item, 0, memory_order_relaxed);
     atomic_store_explicit(&w->slot->unit, u.id, memory_order_release);
-    if (u.kind == UK_ELEM) {
+    if (!fn) {
+        char why[POOL_MSG_MAX];
+        snprintf(why, sizeof why, "the task function is not available in the worker: %s",
+                 w->fn_err[u.fn_id]);
+        if (u.kind == UK_ELEM) {
+            size_t wl = strlen(why);
+            h.code = MPROC_EBUILDID;
+            h.len = (uint32_t)wl;
+            memcpy(w->res.data, &h, sizeof h);
+            rc = mproc_buf_append(&w->res, why, wl);
+        }
+        for (uint32_t k = 0; !rc && u.kind != UK_ELEM && k < u.n; k++)
+            rc = put_error(&w->res, MPROC_EBUILDID, why);
+    } else if (u.kind == UK_ELEM) {
         rc = run_elems(w, &u, fn, &h);
         memcpy(w->res.data, &h, sizeof h);
     } else if (u.flags & UF_ARENA) {
@@ -344,7 +369,10 @@ int mproc__pool_worker_main(mproc_args *a)
     }
     munmap(w.arena, w.arena_size);
     free(w.msg);
+    for (size_t i = 0; i < w.nfns; i++)
+        free(w.fn_err[i]);
     free(w.fns);
+    free(w.fn_err);
     mproc__buf_free(&w.res);
     mproc__buf_free(&w.out);
     mproc__buf_free(&w.enc);
