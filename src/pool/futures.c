@@ -45,27 +45,7 @@ struct mproc_executor {
     size_t nfuts, capfuts;
 };
 
-static void cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
-}
 
-static bool wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, mproc_deadline d)
-{
-    if (d.ns == INT64_MAX) {
-        pthread_cond_wait(cv, mu);
-        return true;
-    }
-    if (mproc_deadline_expired(d))
-        return false;
-    struct timespec ts = {.tv_sec = (time_t)(d.ns / 1000000000), .tv_nsec = (long)(d.ns % 1000000000)};
-    pthread_cond_timedwait(cv, mu, &ts);
-    return true;
-}
 
 /* ----------------------------------------------------------------- futures */
 
@@ -76,7 +56,7 @@ static mproc_future *future_new(void)
         return NULL;
     atomic_init(&f->refs, 1);
     pthread_mutex_init(&f->mu, NULL);
-    cond_init_mono(&f->cv);
+    pool__cond_init_mono(&f->cv);
     return f;
 }
 
@@ -170,7 +150,7 @@ static int future_wait(mproc_future *f, double timeout)
 {
     mproc_deadline d = mproc_deadline_after(timeout);
     while (f->state < FS_DONE) {
-        if (mproc_deadline_expired(d) || !wait_until(&f->cv, &f->mu, d))
+        if (mproc_deadline_expired(d) || !pool__cond_wait_until(&f->cv, &f->mu, d))
             return mproc__fail(MPROC_ETIMEDOUT, "future: not done in time");
     }
     return 0;
@@ -318,7 +298,7 @@ static int waiter_init(waiter *w, size_t n)
         return MPROC_ENOMEM;
     w->cap = n;
     pthread_mutex_init(&w->mu, NULL);
-    cond_init_mono(&w->cv);
+    pool__cond_init_mono(&w->cv);
     return 0;
 }
 
@@ -384,7 +364,7 @@ int mproc_futures_wait(mproc_future *const *fs, size_t n, double timeout, mproc_
             rc = 0;
             break;
         }
-        if (mproc_deadline_expired(d) || !wait_until(&w.cv, &w.mu, d)) {
+        if (mproc_deadline_expired(d) || !pool__cond_wait_until(&w.cv, &w.mu, d)) {
             rc = mproc__fail(MPROC_ETIMEDOUT, "futures_wait: condition not met in time");
             break;
         }
@@ -443,7 +423,7 @@ int mproc_as_completed_next(mproc_as_completed *ac, mproc_future **f, double tim
             rc = mproc__fail(MPROC_ECLOSED, "as_completed: every future was returned");
             break;
         }
-        if (mproc_deadline_expired(d) || !wait_until(&ac->w.cv, &ac->w.mu, d)) {
+        if (mproc_deadline_expired(d) || !pool__cond_wait_until(&ac->w.cv, &ac->w.mu, d)) {
             rc = mproc__fail(MPROC_ETIMEDOUT, "as_completed: none finished in time");
             break;
         }

@@ -177,28 +177,8 @@ static __thread const mproc_pool *tl_pool_thread;
 
 /* ------------------------------------------------------------- helpers */
 
-static void cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
-}
 
 /* Wait on cv until the deadline: false on expiry. */
-static bool cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, mproc_deadline d)
-{
-    if (d.ns == INT64_MAX) {
-        pthread_cond_wait(cv, mu);
-        return true;
-    }
-    if (mproc_deadline_expired(d))
-        return false;
-    struct timespec ts = {.tv_sec = (time_t)(d.ns / 1000000000), .tv_nsec = (long)(d.ns % 1000000000)};
-    pthread_cond_timedwait(cv, mu, &ts);
-    return true;
-}
 
 static int check_owner(const mproc_pool *p, const char *what)
 {
@@ -358,7 +338,7 @@ static call *call_new(mproc_pool *p, int kind, int tkind, void *fn, size_t n,
     if (o)
         c->o = *o;
     pthread_mutex_init(&c->mu, NULL);
-    cond_init_mono(&c->cv);
+    pool__cond_init_mono(&c->cv);
     size_t per = (size_t)p->n * 4;
     c->chunksize = c->o.chunksize ? c->o.chunksize
                    : (kind == CK_IMAP || kind == CK_IMAP_UNORDERED || kind == CK_APPLY) ? 1
@@ -1437,7 +1417,7 @@ int mproc_pool_new(mproc_pool **out, const mproc_pool_opts *opts)
     if (!p)
         return MPROC_ENOMEM;
     pthread_mutex_init(&p->mu, NULL);
-    cond_init_mono(&p->cv);
+    pool__cond_init_mono(&p->cv);
     p->afd = p->evfd = -1;
     p->owner = getpid();
     p->o = o;
@@ -1487,7 +1467,7 @@ int mproc_pool_new(mproc_pool **out, const mproc_pool_opts *opts)
     mproc_deadline d = mproc_deadline_after(o.start_timeout > 0 ? o.start_timeout : o.start_timeout < 0 ? -1 : 60.0);
     pthread_mutex_lock(&p->mu);
     while (p->ready_count < p->n && !p->init_err && !p->broken) {
-        if (!cond_wait_until(&p->cv, &p->mu, d)) {
+        if (!pool__cond_wait_until(&p->cv, &p->mu, d)) {
             p->init_err = MPROC_ETIMEDOUT;
             snprintf(p->init_msg, sizeof p->init_msg, "pool_new: workers did not get ready in time");
             break;
@@ -1566,7 +1546,7 @@ int mproc_pool_join(mproc_pool *p, double timeout)
         return mproc__fail(MPROC_ESTATE, "pool_join: call close or terminate first");
     }
     while (p->state != ST_FINISHED) {
-        if (!cond_wait_until(&p->cv, &p->mu, d)) {
+        if (!pool__cond_wait_until(&p->cv, &p->mu, d)) {
             pthread_mutex_unlock(&p->mu);
             return mproc__fail(MPROC_ETIMEDOUT, "pool_join: workers still running");
         }
@@ -1993,7 +1973,7 @@ static int wait_ready(call *c, mproc_deadline d, double timeout)
         return mproc__fail(MPROC_EDEADLK, "result: waiting from a pool callback would deadlock");
     while (!c->ready) {
         c->nwaiters++;
-        bool ok = cond_wait_until(&c->cv, &c->mu, d);
+        bool ok = pool__cond_wait_until(&c->cv, &c->mu, d);
         c->nwaiters--;
         if (!ok && !c->ready)
             return mproc__fail(MPROC_ETIMEDOUT, "result: not ready in time");
@@ -2124,7 +2104,7 @@ int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, doub
             return mproc__fail(MPROC_EDEADLK, "imap_next: waiting from a pool callback would deadlock");
         }
         c->nwaiters++;
-        bool ok = cond_wait_until(&c->cv, &c->mu, d);
+        bool ok = pool__cond_wait_until(&c->cv, &c->mu, d);
         c->nwaiters--;
         if (!ok) {
             pthread_mutex_unlock(&c->mu);

@@ -66,6 +66,33 @@ typedef struct pool_slot {
 /* The worker's entry point (worker.c); a process target. */
 int mproc__pool_worker_main(mproc_args *a);
 
+/* ------------------------------------------------- condition variables */
+
+/* Condition variables on CLOCK_MONOTONIC, like every mproc deadline. */
+static inline void pool__cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+/* Wait on cv until woken or the deadline: false once it has passed (the
+ * caller re-checks its predicate after true). */
+static inline bool pool__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, mproc_deadline d)
+{
+    if (d.ns == INT64_MAX) {
+        pthread_cond_wait(cv, mu);
+        return true;
+    }
+    if (mproc_deadline_expired(d))
+        return false;
+    struct timespec ts = {.tv_sec = (time_t)(d.ns / 1000000000), .tv_nsec = (long)(d.ns % 1000000000)};
+    pthread_cond_timedwait(cv, mu, &ts);
+    return true;
+}
+
 /* ------------------------------------------------------- executor hooks */
 
 typedef struct pool_hooks {
