@@ -141,8 +141,9 @@ int mproc_pool_new(mproc_pool **out, const mproc_pool_opts *opts);
 
 /* Per-call options; NULL or zero fields mean defaults. */
 typedef struct mproc_call_opts {
-    /* Items per task sent to a worker. 0 = map, map_async, starmap, map_array:
-     * ceil(n / (4 * processes)); imap and imap_unordered: 1. */
+    /* Items per task sent to a worker. 0 = map, map_async, starmap:
+     * ceil(n / (4 * processes)) as Python; map_array: ceil(n / (2 *
+     * processes)); imap and imap_unordered: 1. */
     size_t chunksize;
     /* On success, with the result (borrowed: the list for map calls, NULL for
      * map_array). Runs on the pool's results thread before the result turns
@@ -224,20 +225,33 @@ void mproc_imap_free(mproc_imap *it);
 
 /* map_array: out[i] = fn(in[i]) for n elements of in_size bytes into elements
  * of out_size bytes, waiting up to `timeout`. The data moves through the
- * pool's shared arena (one copy in, one copy out, no per-item encoding). out
- * is written only when every element succeeded. in and out may be the same
- * array when in_size == out_size. Errors as map, plus MPROC_ENOMEM when the
+ * pool's shared arena: one copy in, one copy out, no per-item encoding, and
+ * no copy at all for arrays from mproc_pool_shared_alloc (used in place). out
+ * is written only when every element succeeded, except an out in the arena,
+ * which is written in place. in and out may be the same array when in_size ==
+ * out_size. Errors as map, plus MPROC_ENOMEM when the
  * arena has no room (opts.arena_size). */
 int mproc_pool_map_array(mproc_pool *pool, mproc_elem_fn fn, const void *in, size_t in_size,
                          void *out, size_t out_size, size_t n, const mproc_call_opts *o,
                          double timeout);
 
-/* map_array_async: as map_array; `in` is copied before the call returns, `out`
- * must stay valid until the result is ready (or the pool freed). The result's
+/* map_array_async: as map_array; `in` is copied before the call returns
+ * (unless it is in the arena: then keep it intact until ready), `out` must
+ * stay valid until the result is ready (or the pool freed). The result's
  * value is NULL. */
 int mproc_pool_map_array_async(mproc_pool *pool, mproc_elem_fn fn, const void *in,
                                size_t in_size, void *out, size_t out_size, size_t n,
                                const mproc_call_opts *o, mproc_result **r);
+
+/* Shared memory for map_array: `size` bytes in the pool's arena (64-byte
+ * aligned), mapped in the workers too. Arrays placed here are used in place
+ * by map_array, with no copy in or out (in and out alike). NULL when the
+ * arena has no room (mproc_errmsg() says so) or the pool is not ours. The
+ * block lives until mproc_pool_shared_free or the pool's end; do not free it
+ * while a call uses it. */
+void *mproc_pool_shared_alloc(mproc_pool *pool, size_t size);
+/* Give a block back. NULL is ok; a pointer that is not a block is ignored. */
+void mproc_pool_shared_free(mproc_pool *pool, void *ptr);
 
 /* close: accept no more calls; the workers finish what was submitted, then
  * exit. terminate: stop now: SIGTERM to every worker (SIGKILL after 1 s);

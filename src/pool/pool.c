@@ -74,6 +74,8 @@ struct mproc_result {
     uint64_t arena_off, arena_len;
     /* map_array */
     uint64_t out_off, arg_off, arg_len;
+    uint64_t own_in, own_out; /* bytes of arena the call allocated for them (0: the
+                                 caller's arrays are in the arena already) */
     size_t in_size, out_size;
     void *user_out;
     /* dispatch, under pool->mu */
@@ -293,6 +295,53 @@ static int arena_init(mproc_pool *p)
     return 0;
 }
 
+/* true if [ptr, ptr + len) lies in the arena's allocatable part. */
+static bool arena_holds(const mproc_pool *p, const void *ptr, size_t len)
+{
+    uintptr_t a = (uintptr_t)ptr, lo = (uintptr_t)p->abase + p->aslots,
+              hi = (uintptr_t)p->abase + p->asize;
+    return a >= lo && a <= hi && len <= hi - a;
+}
+
+/* Shared blocks: a 64-byte header (magic, length) before the caller's bytes. */
+#define SHARED_MAGIC 0x4d50534841524544ull /* "MPSHARED" */
+
+void *mproc_pool_shared_alloc(mproc_pool *p, size_t size)
+{
+    if (check_owner(p, "pool_shared_alloc"))
+        return NULL;
+    if (size > SIZE_MAX - ARENA_ALIGN) {
+        mproc__fail(MPROC_ENOMEM, "pool_shared_alloc: %zu bytes is too large", size);
+        return NULL;
+    }
+    uint64_t off;
+    pthread_mutex_lock(&p->mu);
+    int rc = arena_alloc(p, size + ARENA_ALIGN, &off);
+    pthread_mutex_unlock(&p->mu);
+    if (rc)
+        return NULL;
+    uint64_t *h = (uint64_t *)(p->abase + off);
+    h[0] = SHARED_MAGIC;
+    h[1] = size;
+    return p->abase + off + ARENA_ALIGN;
+}
+
+void mproc_pool_shared_free(mproc_pool *p, void *ptr)
+{
+    if (!ptr || check_owner(p, "pool_shared_free"))
+        return;
+    uint8_t *b = (uint8_t *)ptr - ARENA_ALIGN;
+    uint64_t *h = (uint64_t *)b;
+    if (!arena_holds(p, b, ARENA_ALIGN) || h[0] != SHARED_MAGIC) {
+        mproc_log(1, "pool_shared_free: %p is not a block of this pool; ignored", ptr);
+        return;
+    }
+    h[0] = 0;
+    pthread_mutex_lock(&p->mu);
+    arena_free(p, (uint64_t)(b - p->abase), h[1] + ARENA_ALIGN);
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* ------------------------------------------------------------- calls */
 
 static void call_unref(call *c)
@@ -339,7 +388,9 @@ static call *call_new(mproc_pool *p, int kind, int tkind, void *fn, size_t n,
         c->o = *o;
     pthread_mutex_init(&c->mu, NULL);
     pool__cond_init_mono(&c->cv);
-    size_t per = (size_t)p->n * 4;
+    /* Python's map default: 4 chunks per worker. Element maps are uniform and
+     * each chunk costs a round trip of wakeups, so they take 2. */
+    size_t per = (size_t)p->n * (kind == CK_ARRAY ? 2 : 4);
     c->chunksize = c->o.chunksize ? c->o.chunksize
                    : (kind == CK_IMAP || kind == CK_IMAP_UNORDERED || kind == CK_APPLY) ? 1
                                                                                         : (n + per - 1) / per;
@@ -563,16 +614,28 @@ static void fail_call(mproc_pool *p, call *c, int code, const char *msg)
     }
 }
 
+/* Give back the arena memory a call allocated. */
+static void array_release(mproc_pool *p, call *c)
+{
+    if (c->in_arena)
+        arena_free(p, c->arena_off, c->arena_len);
+    if (c->own_in)
+        arena_free(p, c->arena_off, c->own_in);
+    if (c->arg_len)
+        arena_free(p, c->arg_off, c->arg_len);
+    if (c->own_out)
+        arena_free(p, c->out_off, c->own_out);
+    c->in_arena = false;
+    c->own_in = c->own_out = c->arg_len = 0;
+}
+
 /* Drop the pool's hold on a call once nothing of it is out. */
 static void maybe_retire(mproc_pool *p, call *c)
 {
     if (c->retired || c->units_out || c->in_pending)
         return;
     c->retired = true;
-    if (c->in_arena)
-        arena_free(p, c->arena_off, c->arena_len);
-    if (c->kind == CK_ARRAY && c->arena_len)
-        arena_free(p, c->out_off, c->out_size * c->n);
+    array_release(p, c);
     if (c->aprev)
         c->aprev->anext = c->anext;
     else
@@ -1085,7 +1148,8 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
         } else if (!c->resolved) {
             c->ndone += u->n;
             if (c->ndone == c->n) {
-                memcpy(c->user_out, p->abase + c->out_off, c->n * c->out_size);
+                if (c->own_out)
+                    memcpy(c->user_out, p->abase + c->out_off, c->n * c->out_size);
                 resolve(p, c, 0, NULL);
             }
         }
@@ -1899,41 +1963,36 @@ int mproc_pool_map_array_async(mproc_pool *p, mproc_elem_fn fn, const void *in, 
                          p->state == ST_CLOSED ? "closed" : "terminated");
     else if (p->broken)
         rc = mproc__fail(MPROC_EWORKER, "pool_map_array: the pool is broken: %s", p->broken_msg);
-    /* One extent holds the input then the arg bytes; another the output. */
+    /* Arrays already in the arena (mproc_pool_shared_alloc) are used in place;
+     * others get an extent each, as does the arg. */
     size_t alen = o && o->arg ? o->arg_len : 0;
-    if (!rc && n && alen > SIZE_MAX - n * in_size)
-        rc = mproc__fail(MPROC_EINVAL, "pool_map_array: arg too large");
-    if (!rc && n)
-        rc = arena_alloc(p, n * in_size + alen, &c->arena_off);
-    if (!rc && n) {
-        rc = arena_alloc(p, n * out_size, &c->out_off);
-        if (rc)
-            arena_free(p, c->arena_off, n * in_size + alen);
-        else {
-            c->in_arena = true;
-            c->arena_len = n * in_size + alen;
-            c->arg_off = c->arena_off + n * in_size;
-            c->arg_len = alen;
-        }
-    }
+    bool in_here = arena_holds(p, in, n * in_size), out_here = arena_holds(p, out, n * out_size);
+    if (!rc && n && !in_here && !(rc = arena_alloc(p, n * in_size, &c->arena_off)))
+        c->own_in = n * in_size;
+    if (!rc && n && in_here)
+        c->arena_off = (uint64_t)((const uint8_t *)in - p->abase);
+    if (!rc && n && alen && !(rc = arena_alloc(p, alen, &c->arg_off)))
+        c->arg_len = alen;
+    if (!rc && n && !out_here && !(rc = arena_alloc(p, n * out_size, &c->out_off)))
+        c->own_out = n * out_size;
+    if (!rc && n && out_here)
+        c->out_off = (uint64_t)((uint8_t *)out - p->abase);
+    if (rc)
+        array_release(p, c);
     pthread_mutex_unlock(&p->mu);
     if (rc) {
         atomic_store(&c->refs, 1);
         call_unref(c);
         return rc;
     }
-    if (n)
-        memcpy(p->abase + c->arena_off, in, n * in_size);
-    if (n && c->arg_len)
+    if (c->own_in)
+        memcpy(p->abase + c->arena_off, in, c->own_in);
+    if (c->arg_len)
         memcpy(p->abase + c->arg_off, o->arg, c->arg_len);
-    /* submit() only registers the function and queues the call for element maps */
     rc = submit(p, c, "pool_map_array");
     if (rc) {
         pthread_mutex_lock(&p->mu);
-        if (n) {
-            arena_free(p, c->arena_off, c->arena_len);
-            arena_free(p, c->out_off, n * out_size);
-        }
+        array_release(p, c);
         pthread_mutex_unlock(&p->mu);
         call_unref(c);
         return rc;
