@@ -314,7 +314,7 @@ void *mproc_pool_shared_alloc(mproc_pool *p, size_t size)
         mproc__fail(MPROC_ENOMEM, "pool_shared_alloc: %zu bytes is too large", size);
         return NULL;
     }
-    uint64_t off;
+    uint64_t off = 0;
     pthread_mutex_lock(&p->mu);
     int rc = arena_alloc(p, size + ARENA_ALIGN, &off);
     pthread_mutex_unlock(&p->mu);
