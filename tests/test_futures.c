@@ -163,6 +163,16 @@ static int t_base_plus(const mproc_value *arg, mproc_value **out)
     return set_int(out, g_base + mproc_value_as_int(arg));
 }
 
+/* Set by the test before the executor starts: fork workers see it, spawn and
+ * forkserver workers (fresh programs) do not. */
+static int64_t g_parent_mark;
+
+static int t_parent_mark(const mproc_value *arg, mproc_value **out)
+{
+    (void)arg;
+    return set_int(out, g_parent_mark);
+}
+
 /* ----------------------------------------------------------------- helpers */
 
 static mproc_value *ints(int64_t from, size_t n)
@@ -1121,6 +1131,7 @@ MTEST(test_executor_custom_backend_completes_futures_through_the_backend_api)
 
 static void executor_under(mproc_start_method m)
 {
+    g_parent_mark = 42;
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_int(a, 500));
     mproc_executor_opts o = {.max_workers = 2, .initializer = init_base, .initargs = a,
@@ -1128,6 +1139,9 @@ static void executor_under(mproc_start_method m)
     mproc_executor *ex;
     CHECK_OK(mproc_executor_new(&ex, &o));
     mproc_args_free(a);
+    mproc_future *pm = submit_int(ex, t_parent_mark, 0);
+    CHECK_EQ(future_int(pm), m == MPROC_START_FORK ? 42 : 0);
+    mproc_future_free(pm);
     mproc_future *f[10];
     for (int i = 0; i < 10; i++)
         f[i] = submit_int(ex, t_base_plus, i);

@@ -218,6 +218,19 @@ static int t_mul(mproc_value *const *args, size_t nargs, mproc_value **out)
     return set_int(out, p);
 }
 
+/* A list of n ints (n = arg). */
+static int t_list_of(const mproc_value *arg, mproc_value **out)
+{
+    mproc_value *l = mproc_value_list();
+    if (!l)
+        return MPROC_ENOMEM;
+    for (int64_t i = 0; i < mproc_value_as_int(arg); i++)
+        if (mproc_value_append(l, mproc_value_int(i)))
+            return MPROC_ENOMEM;
+    *out = l;
+    return 0;
+}
+
 /* Bytes task: the input reversed. */
 static int t_reverse(const void *in, size_t len, mproc_buf *out)
 {
@@ -308,6 +321,16 @@ static int init_base(mproc_args *a)
 static int t_base_plus(const mproc_value *arg, mproc_value **out)
 {
     return set_int(out, g_base + mproc_value_as_int(arg));
+}
+
+/* Set by the test before the pool starts: fork workers see it, spawn and
+ * forkserver workers (fresh programs) do not. */
+static int64_t g_parent_mark;
+
+static int t_parent_mark(const mproc_value *arg, mproc_value **out)
+{
+    (void)arg;
+    return set_int(out, g_parent_mark);
 }
 
 static int t_tag(const mproc_value *arg, mproc_value **out)
@@ -478,6 +501,9 @@ MTEST(test_pool_new_checks_opts_and_defaults_to_cpu_count)
     CHECK_OK(mproc_pool_new(&p, &o));
     CHECK_EQ(mproc_pool_processes(p), mproc_cpu_count());
     WAIT_UNTIL(live_workers(p) == (size_t)mproc_cpu_count(), 10.0);
+    pid_t one[1] = {0};
+    CHECK_EQ(mproc_pool_worker_pids(p, one, 1), 1); /* no more than asked for */
+    CHECK(one[0] > 0 && one[0] != getpid());
     mproc_pool_stats st = stats(p);
     CHECK_EQ(st.workers_started, mproc_cpu_count());
     CHECK_EQ(st.workers_died, 0);
@@ -1071,6 +1097,110 @@ MTEST(test_pool_map_array_passes_the_call_arg_bytes_to_every_element)
     close_join_free(p);
 }
 
+MTEST(test_pool_shared_alloc_arrays_are_used_in_place_by_map_array)
+{
+    mproc_pool_opts po = {.processes = 2, .arena_size = 64 << 20};
+    mproc_pool *p;
+    CHECK_OK(mproc_pool_new(&p, &po));
+    size_t n = 200000;
+    int64_t *in = mproc_pool_shared_alloc(p, n * 8), *out = mproc_pool_shared_alloc(p, n * 8);
+    CHECK(in && out && in != out);
+    CHECK_EQ((uintptr_t)in % 64, 0);
+    CHECK_EQ((uintptr_t)out % 64, 0);
+    for (size_t i = 0; i < n; i++)
+        in[i] = (int64_t)i - 1000;
+    CHECK_OK(mproc_pool_map_array(p, e_square_i64, in, 8, out, 8, n, NULL, 30.0));
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ(out[i], in[i] * in[i]);
+    /* in place, in the arena */
+    mproc_call_opts o = {.chunksize = 777};
+    CHECK_OK(mproc_pool_map_array(p, e_square_i64, in, 8, in, 8, n, &o, 30.0));
+    CHECK(memcmp(in, out, n * 8) == 0);
+    /* async with an arena input: kept intact until ready */
+    int64_t kc[2] = {2, 3};
+    mproc_call_opts oa = {.arg = kc, .arg_len = sizeof kc};
+    mproc_result *r;
+    CHECK_OK(mproc_pool_map_array_async(p, e_affine, in, 8, out, 8, n, &oa, &r));
+    CHECK_OK(mproc_result_wait(r, 30.0));
+    CHECK_EQ(mproc_result_successful(r), 1);
+    mproc_result_free(r);
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ(out[i], in[i] * 2 + 3);
+    /* a malloc'd output from an arena input, and the reverse */
+    int64_t *heap = malloc(n * 8);
+    CHECK_OK(mproc_pool_map_array(p, e_affine, in, 8, heap, 8, n, NULL, 30.0));
+    CHECK(memcmp(heap, in, n * 8) == 0);
+    CHECK_OK(mproc_pool_map_array(p, e_affine, heap, 8, out, 8, n, &oa, 30.0));
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ(out[i], heap[i] * 2 + 3);
+    free(heap);
+    /* more than the arena holds: NULL, with a message */
+    CHECK(mproc_pool_shared_alloc(p, (size_t)1 << 40) == NULL);
+    CHECK(mproc_errmsg()[0] != 0);
+    mproc_pool_shared_free(p, out);
+    mproc_pool_shared_free(p, in);
+    mproc_pool_shared_free(p, NULL);
+    int64_t not_a_block;
+    mproc_pool_shared_free(p, &not_a_block); /* ignored */
+    /* the space comes back */
+    void *again = mproc_pool_shared_alloc(p, 40 << 20);
+    CHECK(again != NULL);
+    mproc_pool_shared_free(p, again);
+    close_join_free(p);
+}
+
+MTEST(test_pool_map_array_larger_than_the_arena_fails_with_enomem)
+{
+    mproc_pool_opts po = {.processes = 2, .arena_size = 4096};
+    mproc_pool *p;
+    CHECK_EQ(mproc_pool_new(&p, &po), MPROC_EINVAL); /* no room for anything */
+    po.arena_size = 4 << 20;
+    CHECK_OK(mproc_pool_new(&p, &po));
+    size_t n = 1 << 20; /* 8 MiB in, 8 MiB out */
+    int64_t *in = calloc(n, 8), *out = malloc(n * 8);
+    memset(out, 0x5a, n * 8);
+    CHECK_EQ(mproc_pool_map_array(p, e_square_i64, in, 8, out, 8, n, NULL, 30.0), MPROC_ENOMEM);
+    CHECK_EQ(((uint8_t *)out)[0], 0x5a);
+    mproc_result *r = NULL;
+    int rc = mproc_pool_map_array_async(p, e_square_i64, in, 8, out, 8, n, NULL, &r);
+    if (rc == 0) { /* or the failure is the result's */
+        const mproc_value *v;
+        rc = mproc_result_get(r, &v, 30.0);
+        mproc_result_free(r);
+    }
+    CHECK_EQ(rc, MPROC_ENOMEM);
+    /* what fits still runs */
+    for (size_t i = 0; i < 1000; i++)
+        in[i] = (int64_t)i;
+    CHECK_OK(mproc_pool_map_array(p, e_square_i64, in, 8, out, 8, 1000, NULL, 30.0));
+    for (size_t i = 0; i < 1000; i++)
+        CHECK_EQ(out[i], (int64_t)(i * i));
+    free(in);
+    free(out);
+    close_join_free(p);
+}
+
+MTEST(test_pool_decode_limits_refuse_an_oversized_result_and_the_pool_goes_on)
+{
+    mproc_pool_opts po = {.processes = 1, .limits = {.max_items = 50}};
+    mproc_pool *p;
+    CHECK_OK(mproc_pool_new(&p, &po));
+    mproc_value *a = mproc_value_int(10), *out = NULL;
+    CHECK_OK(mproc_pool_apply(p, mproc_task_value(t_list_of), a, &out, 30.0));
+    CHECK_EQ(mproc_value_len(out), 10);
+    mproc_value_free(out);
+    out = NULL;
+    mproc_value_free(a);
+    a = mproc_value_int(1000);
+    int rc = mproc_pool_apply(p, mproc_task_value(t_list_of), a, &out, 30.0);
+    fprintf(stderr, "oversized result: %s %s\n", mproc_errname(rc), mproc_errmsg());
+    CHECK(rc != 0 && out == NULL);
+    CHECK(rc != MPROC_ETIMEDOUT && rc != MPROC_EWORKER);
+    mproc_value_free(a);
+    CHECK_EQ(apply_int(p, t_square, 12), 144);
+    close_join_free(p);
+}
+
 MTEST(test_pool_map_array_element_error_fails_the_call_and_leaves_out_untouched)
 {
     mproc_pool *p = new_pool(2);
@@ -1618,8 +1748,12 @@ MTEST(test_pool_free_with_unfinished_results_cancels_them_and_they_stay_valid)
     mproc_pool_free(p);
     CHECK(mproc_monotonic() - t0 < 5.0);
     mproc_result *all[] = {g, q, m, a};
+    static const char *names[] = {"running apply_async", "queued apply_async", "map_async",
+                                  "map_array_async"};
     for (int i = 0; i < 4; i++) {
         const mproc_value *v;
+        if (!mproc_result_ready(all[i]))
+            fprintf(stderr, "%s not ready after mproc_pool_free\n", names[i]);
         CHECK(mproc_result_ready(all[i]));
         CHECK_EQ(mproc_result_get(all[i], &v, 0), MPROC_ECANCELED);
         CHECK_EQ(mproc_result_successful(all[i]), 0);
@@ -1792,10 +1926,11 @@ MTEST(test_pool_failing_initializer_in_a_replacement_breaks_the_pool_with_eworke
 }
 
 /* The chaos run: a long map while the test SIGKILLs a random live worker 100
- * times, waiting for its replacement between kills. The tasks are paced by the
- * kill count (item i waits for kill i*KILLS/N), so the kills land all along
- * the map. Every item is right or failed with MPROC_EWORKER, at most one per
- * kill, and nothing hangs. */
+ * times, waiting for its replacement between kills. Map and kills go in step:
+ * item i waits for kill i*KILLS/N, and kill k waits until the items before
+ * its share are nearly done, so the kills land all along the map. Every item
+ * is right or failed with MPROC_EWORKER, at most one per kill, and nothing
+ * hangs. */
 #define CHAOS_N 20000
 #define CHAOS_KILLS 100
 #define CHAOS_PROCS 3
@@ -1828,9 +1963,14 @@ MTEST(test_pool_survives_100_random_worker_sigkills_during_a_long_map)
     CHECK_OK(mproc_pool_imap(p, mproc_task_value(t_chaos), items, &o, &it));
     mproc_value_free(items);
     double t0 = mproc_monotonic();
+    const uint64_t per_kill = CHAOS_N / CHAOS_KILLS;
     for (int k = 0; k < CHAOS_KILLS; k++) {
         pid_t pids[16];
         size_t n = 0;
+        /* and the map keeps up with the kills: items before kill k's share are
+         * (nearly) done, so the kills land all along the map */
+        uint64_t behind = k ? (uint64_t)k * per_kill - per_kill / 2 : 0;
+        WAIT_UNTIL(stats(p).items_done >= behind, 20.0);
         WAIT_UNTIL((n = mproc_pool_worker_pids(p, pids, 16)) == CHAOS_PROCS, 20.0);
         pid_t victim = pids[rand() % (int)n];
         CHECK(victim > 0);
@@ -1948,6 +2088,7 @@ MTEST(test_pool_calls_from_a_fork_child_are_estate)
 
 static void pool_under(mproc_start_method m)
 {
+    g_parent_mark = 42;
     mproc_args *a = mproc_args_new();
     CHECK_OK(mproc_args_add_int(a, 1000));
     CHECK_OK(mproc_args_add_str(a, mproc_start_method_name(m)));
@@ -1956,6 +2097,7 @@ static void pool_under(mproc_start_method m)
     mproc_pool *p;
     CHECK_OK(mproc_pool_new(&p, &o));
     mproc_args_free(a);
+    CHECK_EQ(apply_int(p, t_parent_mark, 0), m == MPROC_START_FORK ? 42 : 0);
     mproc_value *items = ints(0, 50), *out = NULL;
     mproc_call_opts c = {.chunksize = 3};
     CHECK_OK(mproc_pool_map(p, mproc_task_value(t_base_plus), items, &c, &out, 30.0));
@@ -1988,6 +2130,14 @@ static void pool_under(mproc_start_method m)
     CHECK_OK(mproc_pool_map_array(p, e_affine, arr, 8, arr, 8, 1000, &ca, 30.0));
     for (int i = 0; i < 1000; i++)
         CHECK_EQ(arr[i], (int64_t)i * i * 2 + 1);
+    int64_t *sh = mproc_pool_shared_alloc(p, 1000 * 8);
+    CHECK(sh != NULL);
+    for (int i = 0; i < 1000; i++)
+        sh[i] = i;
+    CHECK_OK(mproc_pool_map_array(p, e_affine, sh, 8, sh, 8, 1000, &ca, 30.0));
+    for (int i = 0; i < 1000; i++)
+        CHECK_EQ(sh[i], (int64_t)i * 2 + 1);
+    mproc_pool_shared_free(p, sh);
     CHECK_EQ(apply_rc(p, t_fail_on_7, 7, 30.0, NULL), MPROC_EREMOTE);
     CHECK(strstr(mproc_errmsg(), "item 7 is bad") != NULL);
     /* a crash, and the replacement runs the initializer too */
@@ -2045,6 +2195,9 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_pool_map_array_every_chunksize_covers_every_element),
         MTEST_ENTRY(test_pool_map_array_converts_int32_elements_to_int64),
         MTEST_ENTRY(test_pool_map_array_passes_the_call_arg_bytes_to_every_element),
+        MTEST_ENTRY(test_pool_shared_alloc_arrays_are_used_in_place_by_map_array),
+        MTEST_ENTRY(test_pool_map_array_larger_than_the_arena_fails_with_enomem),
+        MTEST_ENTRY(test_pool_decode_limits_refuse_an_oversized_result_and_the_pool_goes_on),
         MTEST_ENTRY(test_pool_map_array_element_error_fails_the_call_and_leaves_out_untouched),
         MTEST_ENTRY(test_pool_map_array_async_copies_in_and_fills_out_when_ready),
         MTEST_ENTRY(test_pool_callbacks_run_on_the_results_thread_before_the_result_is_ready),
