@@ -961,7 +961,7 @@ typedef struct inline_state {
     job jobs[64];
     size_t njobs;
     int starts, submits, singles, shutdowns, frees, skipped;
-    int single_not_a_list; /* futures.h: `items` is a list, task(items[0]) when single */
+    int single_not_a_list; /* futures.h: a chunk (not single) is a list */
     int max_workers_seen;
 } inline_state;
 
@@ -985,12 +985,14 @@ static int ib_submit(void *state, mproc_task task, const mproc_value *items, boo
     s->singles += single;
     job *j = &s->jobs[s->njobs++];
     j->task = task;
-    if (mproc_value_type(items) != MPROC_V_LIST) {
-        /* not what the header promises: note it, and carry on with [items] */
-        s->single_not_a_list++;
+    if (single) {
+        /* futures.h: when single, `items` is the one argument */
         j->items = mproc_value_list();
         if (j->items)
-            mproc_value_append(j->items, mproc_value_copy(items));
+            mproc_value_append(j->items, items ? mproc_value_copy(items) : mproc_value_nil());
+    } else if (mproc_value_type(items) != MPROC_V_LIST) {
+        s->single_not_a_list++; /* a chunk must be a list */
+        j->items = NULL;
     } else {
         j->items = mproc_value_copy(items);
     }
@@ -1119,7 +1121,7 @@ MTEST(test_executor_custom_backend_completes_futures_through_the_backend_api)
     mproc_executor_free(ex);
     CHECK_EQ(g_ib.frees, 1);
     if (g_ib.single_not_a_list)
-        fprintf(stderr, "backend submit got %d single inputs that were not a list\n",
+        fprintf(stderr, "backend submit got %d chunks that were not a list\n",
                 g_ib.single_not_a_list);
     CHECK_EQ(g_ib.single_not_a_list, 0);
     mproc_future_free(b);

@@ -53,7 +53,9 @@ int mproc_executor_submit(mproc_executor *ex, mproc_task task, const mproc_value
 
 /* map: task over the items of a list, chunksize items per submitted task (0 =
  * 1, as Python). The iterator gives outputs in input order; a failed item
- * gives its error at its position (see mproc_imap_next). */
+ * gives its error at its position and the others still come (see
+ * mproc_imap_next); Python's stops at the first failure. (A task whose normal
+ * output is an error value named like an mproc error reads as that error.) */
 int mproc_executor_map(mproc_executor *ex, mproc_task task, const mproc_value *items,
                        size_t chunksize, mproc_imap **it);
 
@@ -128,9 +130,14 @@ void mproc_as_completed_free(mproc_as_completed *ac);
 /* ------------------------------------------------------------------ backends */
 
 /* A backend runs submitted work and completes futures with the functions below.
- * `items` is a list; the future's result is the output of task(items[0]) when
- * `single`, else the list of outputs. Every function but start is called with
- * the state start() made. */
+ * When `single`, `items` is the one argument (any value, or NULL for nil) and
+ * the future's result is task(items); otherwise `items` is a list (a chunk of
+ * executor map) and the result is the list of outputs, where an item that
+ * failed is an error value (mproc_value_error) whose type is the error's
+ * name (mproc_errname(code), e.g. "MPROC_EWORKER") and whose message is its
+ * message, so that one failure costs one item. shutdown must be idempotent
+ * and thread-safe (every caller with `wait` waits). Every function but start
+ * is called with the state start() made. */
 struct mproc_executor_backend {
     const char *name;
     int (*start)(void **state, const mproc_executor_opts *opts);

@@ -126,7 +126,8 @@ typedef struct mproc_pool_opts {
      * on mproc_pool_new waiting for the initializers; 0 = 60 s. */
     double start_timeout;
     /* Virtual size of the shared arena that carries map_array data and large
-     * inputs; 0 = 16 GiB (memory is used only as it is touched). */
+     * inputs; 0 = 16 GiB (memory is used only as it is touched). At least
+     * 1 MiB plus 64 bytes per worker, else mproc_pool_new gives MPROC_EINVAL. */
     size_t arena_size;
     /* Decoder limits for values coming back from workers; zero = defaults. */
     mproc_decode_limits limits;
@@ -184,8 +185,9 @@ int mproc_pool_apply_async(mproc_pool *pool, mproc_task task, const mproc_value 
 
 /* map: task over every item of the list `items`, in chunks, waiting up to
  * `timeout`. On 0, *out is a new list of the outputs in input order. The
- * first failure (by completion) ends the call with its code; the rest of the
- * items still run, their results dropped. Errors as apply. */
+ * first failure (by completion) ends the call with its code: chunks already
+ * given to workers finish (their results dropped), the others are not run
+ * (Python runs them all). Errors as apply. */
 int mproc_pool_map(mproc_pool *pool, mproc_task task, const mproc_value *items,
                    const mproc_call_opts *o, mproc_value **out, double timeout);
 

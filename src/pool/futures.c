@@ -40,7 +40,7 @@ struct mproc_executor {
     const mproc_executor_backend *be;
     void *state;
     pthread_mutex_t mu;
-    bool shut, stopped;
+    bool shut;
     mproc_future **futs; /* references to futures that may still need cancelling */
     size_t nfuts, capfuts;
 };
@@ -639,6 +639,21 @@ int mproc_executor_map(mproc_executor *ex, mproc_task task, const mproc_value *i
 int mproc__imap_next_futures(mproc_imap *it, mproc_value **out, size_t *index, double timeout);
 void mproc__imap_free_futures(mproc_imap *it);
 
+/* A chunk's failed item is an error value named after its code (see the
+ * backend contract in futures.h): the code, or 0 for an ordinary value. */
+static int item_error_code(const mproc_value *v)
+{
+    static const int codes[] = {MPROC_EREMOTE, MPROC_EWORKER, MPROC_ECANCELED, MPROC_EBUILDID,
+                                MPROC_EPROTO,  MPROC_ENOMEM,  MPROC_EMSGSIZE,  MPROC_EINVAL};
+    if (mproc_value_type(v) != MPROC_V_ERROR)
+        return 0;
+    const char *t = mproc_value_error_type(v);
+    for (size_t i = 0; t && i < sizeof codes / sizeof codes[0]; i++)
+        if (strcmp(t, mproc_errname(codes[i])) == 0)
+            return codes[i];
+    return 0;
+}
+
 int mproc__imap_next_futures(mproc_imap *it, mproc_value **out, size_t *index, double timeout)
 {
     size_t chunk = it->item_in_fut;
@@ -662,7 +677,16 @@ int mproc__imap_next_futures(mproc_imap *it, mproc_value **out, size_t *index, d
         it->index = next < it->n ? next : it->n;
         return mproc__fail(rc, "%s", it->err ? it->err : mproc_strerror(rc));
     }
-    mproc_value *item = mproc_value_copy(mproc_value_at(v, pos));
+    const mproc_value *iv = mproc_value_at(v, pos);
+    int code = item_error_code(iv);
+    if (code) {
+        /* this item failed: its error at its position, the others go on */
+        const char *m = mproc_value_error_message(iv);
+        it->err = strdup(m ? m : mproc_strerror(code));
+        it->index++;
+        return mproc__fail(code, "%s", it->err ? it->err : mproc_strerror(code));
+    }
+    mproc_value *item = mproc_value_copy(iv);
     if (!item)
         return MPROC_ENOMEM;
     *out = item;
@@ -686,15 +710,10 @@ int mproc_executor_shutdown(mproc_executor *ex, bool wait, bool cancel_futures)
     if (cancel_futures)
         for (size_t i = 0; i < ex->nfuts; i++)
             mproc_future_cancel(ex->futs[i]);
-    bool stop = !ex->stopped && wait;
-    if (stop)
-        ex->stopped = true;
     pthread_mutex_unlock(&ex->mu);
-    if (!wait)
-        return ex->be->shutdown(ex->state, false);
-    if (!stop)
-        return 0;
-    return ex->be->shutdown(ex->state, true);
+    /* Backends' shutdown is idempotent and thread-safe: every caller with
+     * wait waits. */
+    return ex->be->shutdown(ex->state, wait);
 }
 
 void mproc_executor_free(mproc_executor *ex)

@@ -65,7 +65,9 @@ struct mproc_result {
     size_t n, chunksize;
     mproc_call_opts o;
     pool_hooks hooks;
-    bool single; /* hooks: result is item 0's output */
+    bool single;     /* hooks: result is item 0's output */
+    bool keep_going; /* a failed item becomes an error value in the list (executor
+                        map chunks), so one failure does not end the call */
     /* inputs: records {u32 len, bytes}; offs[i] is item i's record */
     uint8_t *items;
     size_t items_len;
@@ -588,6 +590,10 @@ static void deliver(mproc_pool *p, call *c, size_t i, int code, const char *msg,
         mproc_value_free(v);
         return;
     }
+    if (code && c->keep_going) {
+        v = mproc_value_error(mproc_errname(code), msg ? msg : mproc_strerror(code));
+        code = v ? 0 : MPROC_ENOMEM;
+    }
     if (code) {
         mproc_value_free(v);
         resolve(p, c, code, msg);
@@ -634,6 +640,10 @@ static void maybe_retire(mproc_pool *p, call *c)
 {
     if (c->retired || c->units_out || c->in_pending)
         return;
+    if (!c->resolved) /* items with no outcome and nothing left to run them */
+        fail_call(p, c, p->state >= ST_TERMINATING ? MPROC_ECANCELED : MPROC_EWORKER,
+                  p->state >= ST_TERMINATING ? "the pool was terminated"
+                                             : "pool: the item was lost with its worker");
     c->retired = true;
     array_release(p, c);
     if (c->aprev)
@@ -984,6 +994,8 @@ static void handle_death(mproc_pool *p, worker *w)
         call *c = u->c;
         bool dead_call = c->resolved && c->kind != CK_IMAP && c->kind != CK_IMAP_UNORDERED;
         if (p->state >= ST_TERMINATING || dead_call) {
+            if (!dead_call)
+                fail_call(p, c, MPROC_ECANCELED, "the pool was terminated");
             unit_drop(p, u);
             continue;
         }
@@ -1347,8 +1359,8 @@ static void *results_main(void *arg)
                         mproc_process_kill(p->w[i].p);
             }
         }
+        dispatch(p); /* first: it drops cancelled calls that would hold up close */
         check_close(p);
-        dispatch(p);
         bool finish = p->state == ST_FINISHED || (p->state != ST_RUN && all_dead(p));
         if (finish) {
             p->state = ST_FINISHED;
@@ -1790,6 +1802,7 @@ static int start_call(mproc_pool *p, int kind, mproc_task task, const mproc_valu
     if (h)
         c->hooks = *h;
     c->single = single;
+    c->keep_going = h && !single;
     rc = encode_items(c, items, single);
     mproc_value_free(nil);
     if (!rc)
