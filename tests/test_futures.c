@@ -17,49 +17,7 @@
 
 /* ------------------------------------------------------------ shared state */
 
-#define NGATES 16
-
-typedef struct shared {
-    _Atomic int gate[NGATES];
-    _Atomic int started[NGATES];
-    _Atomic int64_t runs;
-} shared;
-
-static shared *S;
-
-static void shared_new(void)
-{
-    void *p = mmap(NULL, sizeof(shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    CHECK(p != MAP_FAILED);
-    memset(p, 0, sizeof(shared));
-    S = p;
-}
-
-static void shared_free(void)
-{
-    munmap(S, sizeof(shared));
-    S = NULL;
-}
-
-static void nap(void)
-{
-    struct timespec ts = {0, 100 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-#define WAIT_UNTIL(cond, secs)                                                          \
-    do {                                                                                \
-        mproc_deadline wd_ = mproc_deadline_after(secs);                                \
-        while (!(cond)) {                                                               \
-            if (mproc_deadline_expired(wd_)) {                                          \
-                fprintf(stderr, "%s:%d: timed out waiting for %s\n", __FILE__, __LINE__, \
-                        #cond);                                                         \
-                fflush(NULL);                                                           \
-                _exit(1);                                                               \
-            }                                                                           \
-            nap();                                                                      \
-        }                                                                               \
-    } while (0)
+#include "pool_test.h"
 
 /* ------------------------------------------------------------------- tasks */
 

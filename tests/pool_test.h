@@ -1,0 +1,62 @@
+/* pool_test.h — what test_pool.c and test_futures.c share: a MAP_SHARED page
+ * that gated tasks and the test both see (fork workers only), and a bounded
+ * polling wait. Include after mtest.h. */
+#ifndef MPROC_POOL_TEST_H
+#define MPROC_POOL_TEST_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NGATES 16
+
+typedef struct shared {
+    _Atomic int gate[NGATES];    /* set by the test: gated task g may finish */
+    _Atomic int started[NGATES]; /* set by gated task g once it runs */
+    _Atomic int64_t runs;        /* crash-once tasks: runs so far */
+    _Atomic int64_t inits;       /* initializer runs */
+    _Atomic int64_t kills;       /* chaos: kills done (paces the map) */
+} shared;
+
+static shared *S;
+
+static void shared_new(void)
+{
+    void *p = mmap(NULL, sizeof(shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED);
+    memset(p, 0, sizeof(shared));
+    S = p;
+}
+
+static void shared_free(void)
+{
+    munmap(S, sizeof(shared));
+    S = NULL;
+}
+
+/* The pause of a polling loop (the loops have deadlines; this only spares the CPU). */
+static void nap(void)
+{
+    struct timespec ts = {0, 100 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Poll `cond` until it holds; fail the test after `secs` seconds. */
+#define WAIT_UNTIL(cond, secs)                                                          \
+    do {                                                                                \
+        mproc_deadline wd_ = mproc_deadline_after(secs);                                \
+        while (!(cond)) {                                                               \
+            if (mproc_deadline_expired(wd_)) {                                          \
+                fprintf(stderr, "%s:%d: timed out waiting for %s\n", __FILE__, __LINE__, \
+                        #cond);                                                         \
+                fflush(NULL);                                                           \
+                _exit(1);                                                               \
+            }                                                                           \
+            nap();                                                                      \
+        }                                                                               \
+    } while (0)
+
+#endif
