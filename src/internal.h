@@ -198,6 +198,12 @@ static inline pid_t mproc__tid(void)
 struct mproc_shm;
 void mproc__shm_close_keep_mapping(struct mproc_shm *s);
 
+/* How long waiters on this queue handle poll before they sleep (src/queue):
+ * polls < 0 restores the default. Waiters that expect a long wait (a pool
+ * whose tasks take long) set 0, so they leave the CPU to the processes they
+ * wait for. */
+struct mproc_queue;
+void mproc__queue_set_spin(struct mproc_queue *q, int polls);
 /* Registry of started children (for active_children and the exit handler). */
 void mproc__atexit_install(void);
 

@@ -38,6 +38,7 @@
 #define DEPTH_MAX 64u
 #define DEPTH_TARGET 100e-6 /* seconds of queued work per worker */
 #define KILL_GRACE 1.0      /* terminate: SIGTERM, then SIGKILL after this */
+#define SPIN_MAX_TASK 50e-6 /* units longer than this: waiters sleep at once */
 
 enum { CK_APPLY, CK_MAP, CK_IMAP, CK_IMAP_UNORDERED, CK_ARRAY };
 enum { ST_RUN, ST_CLOSED, ST_TERMINATING, ST_FINISHED };
@@ -1323,6 +1324,9 @@ static void *results_main(void *arg)
             timeout = rem < 0 ? 0 : rem < timeout ? rem : timeout;
         }
         pthread_mutex_unlock(&p->mu);
+        /* Poll before sleeping only when results come often: with long tasks
+         * the poll would take a CPU from the workers it waits for. */
+        mproc__queue_set_spin(p->rq, p->ewma > SPIN_MAX_TASK ? 0 : -1);
         size_t len = 0;
         int rc = mproc_queue_get_into(p->rq, buf, cap, &len, timeout);
         if (rc == MPROC_EMSGSIZE) {

@@ -360,7 +360,11 @@ int mproc__pool_worker_main(mproc_args *a)
         if (w.msg[0] == PM_DEF) {
             rc = on_def(&w, w.msg, len);
         } else if (w.msg[0] == PM_UNIT) {
+            double t0 = mproc_monotonic();
             rc = on_unit(&w, w.msg, len);
+            /* After a long unit the next one is not imminent: sleep at once
+             * instead of polling, leaving the CPU to the other workers. */
+            mproc__queue_set_spin(w.tq, mproc_monotonic() - t0 > 50e-6 ? 0 : -1);
             if (rc == 0 && w.maxtasks > 0 && ++done >= (size_t)w.maxtasks)
                 break;
         } else {

@@ -112,6 +112,7 @@ struct mproc_queue {
     q_st *st;
     uint8_t *ring;
     uint64_t cap, mask;
+    _Atomic int spin; /* polls before a waiter of this handle sleeps */
 };
 
 static inline void cpu_relax(void)
@@ -250,7 +251,8 @@ static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t ar
      * that keeps catching up makes every message a cache-line round trip. A
      * gap of ~SPIN_GAP pauses lets a backlog form, which is then drained
      * without touching the producer's line. */
-    for (int i = 0; i < SPIN; i++) {
+    int spin = atomic_load_explicit(&((mproc_queue *)q)->spin, memory_order_relaxed);
+    for (int i = 0; i < spin; i++) {
         if (ready(q, arg))
             return 0;
         for (int k = 0; k < SPIN_GAP; k++)
@@ -741,6 +743,7 @@ static int q_wrap(mproc_shm *shm, mproc_queue **out)
     q->ring = (uint8_t *)q->st + q->st->ring_off;
     q->cap = q->st->capacity;
     q->mask = q->cap - 1;
+    atomic_init(&q->spin, SPIN);
     if (!membarrier_register())
         atomic_store(&q->st->async_wake, 0);
     *out = q;
@@ -1037,3 +1040,8 @@ static void q_release(void *obj)
 }
 
 const mproc_shareable_type mproc_queue_type = {"mproc.queue", q_export, q_import, q_release};
+
+void mproc__queue_set_spin(mproc_queue *q, int polls)
+{
+    atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
+}
