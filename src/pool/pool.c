@@ -185,11 +185,32 @@ static __thread const mproc_pool *tl_pool_thread;
 
 /* Wait on cv until the deadline: false on expiry. */
 
+/* getpid() without a system call per pool call: cached, and forgotten in
+ * every fork child (the handler is installed with the first pool). */
+static _Atomic pid_t pid_cache;
+static void pid_forget(void)
+{
+    pid_cache = 0;
+}
+static void pid_install(void)
+{
+    pthread_atfork(NULL, NULL, pid_forget);
+}
+static pid_t self_pid(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pid_install);
+    pid_t p = pid_cache;
+    if (!p)
+        pid_cache = p = getpid();
+    return p;
+}
+
 static int check_owner(const mproc_pool *p, const char *what)
 {
     if (!p)
         return mproc__fail(MPROC_EINVAL, "%s: NULL pool", what);
-    if (p->owner != getpid())
+    if (p->owner != self_pid())
         return mproc__fail(MPROC_ESTATE, "%s: the pool belongs to process %d", what, (int)p->owner);
     return 0;
 }
@@ -1499,7 +1520,7 @@ int mproc_pool_new(mproc_pool **out, const mproc_pool_opts *opts)
     pthread_mutex_init(&p->mu, NULL);
     pool__cond_init_mono(&p->cv);
     p->afd = p->evfd = -1;
-    p->owner = getpid();
+    p->owner = self_pid();
     p->o = o;
     p->o.initargs = NULL;
     p->n = o.processes;
@@ -1645,7 +1666,7 @@ int mproc_pool_join(mproc_pool *p, double timeout)
 
 void mproc_pool_free(mproc_pool *p)
 {
-    if (!p || p->owner != getpid())
+    if (!p || p->owner != self_pid())
         return;
     if (tl_pool_thread == p) {
         mproc_log(1, "pool_free: called from a pool callback; the pool is left running");
