@@ -52,7 +52,6 @@ struct unit {
     uint64_t id;
     size_t lo, n;
     bool retried;
-    double t_sent;
 };
 
 struct mproc_result {
@@ -116,7 +115,6 @@ typedef struct worker {
     unsigned assigned;
     size_t nfn_sent;
     bool alive, dead_reported, dead_pending, ready, full, closing;
-    double t_last;
 } worker;
 
 typedef struct fnent {
@@ -158,7 +156,8 @@ struct mproc_pool {
     call *ahead;
     unit *rhead, *rtail; /* units to send before carving more */
     uint64_t next_unit_id;
-    double ewma;
+    double ewma;          /* seconds per unit, as workers report */
+    double item_ewma[2];  /* seconds per item: [0] bytes/value/star, [1] elements */
     unsigned rr;
     int state;
     bool broken, starting, threads_joined;
@@ -834,7 +833,6 @@ static int send_unit(mproc_pool *p, worker *w, unit *u)
     w->tail = u;
     w->ninflight++;
     w->assigned++;
-    u->t_sent = mproc_monotonic();
     return 0;
 }
 
@@ -934,7 +932,6 @@ static int worker_start(mproc_pool *p, worker *w)
     w->ninflight = 0;
     w->assigned = 0;
     w->nfn_sent = 0;
-    w->t_last = 0;
     p->st.workers_started++;
     return 0;
 }
@@ -1165,11 +1162,13 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
     w->ninflight--;
     p->unblamed = 0;
     w->full = false;
-    double now = mproc_monotonic();
-    double start = u->t_sent > w->t_last ? u->t_sent : w->t_last;
-    double took = now - start;
-    w->t_last = now;
+    /* The worker's own time for the unit: what dispatch depth and polling
+     * decisions need, free of the parent's wake-up delays. */
+    double took = (double)h->ns / 1e9;
     p->ewma = p->ewma <= 0 ? took : p->ewma * 0.875 + took * 0.125;
+    double per = took / (double)(u->n ? u->n : 1);
+    double *ie = &p->item_ewma[u->c->tkind == UK_ELEM];
+    *ie = *ie <= 0 ? per : *ie * 0.875 + per * 0.125;
     call *c = u->c;
     char ebuf[POOL_MSG_MAX];
     if (c->tkind == UK_ELEM) {
@@ -1331,6 +1330,21 @@ static void run_events(mproc_pool *p)
     free(ev);
 }
 
+/* Will some worker likely finish its current unit within SPIN_MAX_TASK? Only
+ * then is polling for its result worth a CPU (under p->mu). */
+static bool next_result_soon(mproc_pool *p)
+{
+    for (int i = 0; i < p->n; i++) {
+        const unit *u = p->w[i].head;
+        if (!u)
+            continue;
+        double per = p->item_ewma[u->c->tkind == UK_ELEM];
+        if (per * (double)u->n < SPIN_MAX_TASK)
+            return true;
+    }
+    return false;
+}
+
 static void *results_main(void *arg)
 {
     mproc_pool *p = arg;
@@ -1340,14 +1354,12 @@ static void *results_main(void *arg)
     for (;;) {
         double timeout = 1.0;
         pthread_mutex_lock(&p->mu);
+        mproc__queue_set_spin(p->rq, next_result_soon(p) ? -1 : 0);
         if (p->state == ST_TERMINATING && !p->killed) {
             double rem = p->kill_at - mproc_monotonic();
             timeout = rem < 0 ? 0 : rem < timeout ? rem : timeout;
         }
         pthread_mutex_unlock(&p->mu);
-        /* Poll before sleeping only when results come often: with long tasks
-         * the poll would take a CPU from the workers it waits for. */
-        mproc__queue_set_spin(p->rq, p->ewma > SPIN_MAX_TASK ? 0 : -1);
         size_t len = 0;
         int rc = mproc_queue_get_into(p->rq, buf, cap, &len, timeout);
         if (rc == MPROC_EMSGSIZE) {

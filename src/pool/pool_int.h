@@ -44,6 +44,7 @@ typedef struct pr_head {
     uint64_t id;  /* PR_RESULT: the unit */
     uint32_t n;   /* PR_RESULT: item records that follow; UK_ELEM: the failed item */
     uint32_t len; /* PR_INIT / UK_ELEM: bytes of message that follow */
+    uint64_t ns;  /* PR_RESULT: how long the worker ran the unit */
 } pr_head;
 
 /* Each item's outcome in a PR_RESULT: code 0 and the output, or the error and

@@ -2,6 +2,7 @@
  * on each item, put the outcomes on the result queue. Before each item it
  * records (unit, item) in its arena slot, so a death is pinned on that item. */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ int mproc_task_error(const char *fmt, ...)
 typedef struct wk {
     uint32_t idx, gen;
     int64_t maxtasks;
+    uint64_t last_ns; /* how long the last unit took */
     mproc_queue *tq, *rq;
     uint8_t *arena;
     size_t arena_size;
@@ -260,6 +262,7 @@ static int on_unit(wk *w, const uint8_t *m, size_t len)
     if (u.fn_id >= w->nfns)
         return MPROC_EPROTO;
     void *fn = w->fns[u.fn_id];
+    double t0 = mproc_monotonic();
     pr_head h = {.type = PR_RESULT, .worker = w->idx, .gen = w->gen, .id = u.id, .n = u.n};
     w->res.len = 0;
     int rc = mproc_buf_append(&w->res, &h, sizeof h);
@@ -291,7 +294,11 @@ static int on_unit(wk *w, const uint8_t *m, size_t len)
         rc = run_items(w, &u, fn, m + sizeof u, len - sizeof u);
     }
     atomic_store_explicit(&w->slot->unit, 0, memory_order_release);
-    return rc ? rc : wk_put(w, w->res.data, w->res.len);
+    if (rc)
+        return rc;
+    w->last_ns = (uint64_t)((mproc_monotonic() - t0) * 1e9);
+    memcpy(w->res.data + offsetof(pr_head, ns), &w->last_ns, sizeof w->last_ns);
+    return wk_put(w, w->res.data, w->res.len);
 }
 
 static int send_init(wk *w, int code, const char *msg)
@@ -360,11 +367,10 @@ int mproc__pool_worker_main(mproc_args *a)
         if (w.msg[0] == PM_DEF) {
             rc = on_def(&w, w.msg, len);
         } else if (w.msg[0] == PM_UNIT) {
-            double t0 = mproc_monotonic();
             rc = on_unit(&w, w.msg, len);
             /* After a long unit the next one is not imminent: sleep at once
              * instead of polling, leaving the CPU to the other workers. */
-            mproc__queue_set_spin(w.tq, mproc_monotonic() - t0 > 50e-6 ? 0 : -1);
+            mproc__queue_set_spin(w.tq, w.last_ns > 50000 ? 0 : -1);
             if (rc == 0 && w.maxtasks > 0 && ++done >= (size_t)w.maxtasks)
                 break;
         } else {
