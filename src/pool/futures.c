@@ -705,12 +705,22 @@ int mproc_executor_shutdown(mproc_executor *ex, bool wait, bool cancel_futures)
 {
     if (!ex)
         return mproc__fail(MPROC_EINVAL, "executor_shutdown: NULL executor");
+    /* Cancel outside ex->mu: cancelling runs done-callbacks, which may call
+     * back into the executor. */
+    mproc_future **fs = NULL;
+    size_t nf = 0;
     pthread_mutex_lock(&ex->mu);
     ex->shut = true;
-    if (cancel_futures)
+    if (cancel_futures && ex->nfuts && (fs = malloc(ex->nfuts * sizeof *fs))) {
         for (size_t i = 0; i < ex->nfuts; i++)
-            mproc_future_cancel(ex->futs[i]);
+            fs[nf++] = mproc_future_ref(ex->futs[i]);
+    }
     pthread_mutex_unlock(&ex->mu);
+    for (size_t i = 0; i < nf; i++) {
+        mproc_future_cancel(fs[i]);
+        mproc_future_free(fs[i]);
+    }
+    free(fs);
     /* Backends' shutdown is idempotent and thread-safe: every caller with
      * wait waits. */
     return ex->be->shutdown(ex->state, wait);

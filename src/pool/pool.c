@@ -89,6 +89,7 @@ struct mproc_result {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int nwaiters;
+    int cb_running; /* user callbacks of this call running now */
     bool resolved, ready;
     int err;
     char *errmsg;
@@ -134,6 +135,7 @@ typedef struct event {
 
 struct mproc_pool {
     pthread_mutex_t mu;
+    pthread_mutex_t join_mu; /* serialises joining the threads */
     pthread_cond_t cv; /* state, readiness */
     pid_t owner;
     mproc_pool_opts o;
@@ -231,6 +233,9 @@ static void wake_watcher(mproc_pool *p)
 
 static int arena_alloc(mproc_pool *p, uint64_t len, uint64_t *off)
 {
+    if (len > p->asize)
+        return mproc__fail(MPROC_ENOMEM, "pool: %llu bytes do not fit in the arena (%zu bytes)",
+                           (unsigned long long)len, p->asize);
     len = (len + ARENA_ALIGN - 1) & ~(uint64_t)(ARENA_ALIGN - 1);
     if (len == 0)
         len = ARENA_ALIGN;
@@ -736,7 +741,7 @@ static void unit_drop(mproc_pool *p, unit *u)
 /* The next unit to send: a re-queued one, else carve from the oldest call. */
 static unit *next_unit(mproc_pool *p)
 {
-    if (p->rhead) {
+    while (p->rhead) {
         unit *u = p->rhead;
         p->rhead = u->next;
         if (p->rhead)
@@ -744,6 +749,10 @@ static unit *next_unit(mproc_pool *p)
         else
             p->rtail = NULL;
         u->next = u->prev = NULL;
+        if (u->c->resolved || u->c->failed_all) {
+            unit_drop(p, u); /* its call ended: nobody wants these items */
+            continue;
+        }
         return u;
     }
     while (p->phead) {
@@ -878,8 +887,11 @@ static int worker_start(mproc_pool *p, worker *w)
     atomic_store(&s->unit, 0);
     atomic_store(&s->item, 0);
     a = mproc_args_new();
-    if (!a)
+    if (!a) {
+        mproc_queue_close(w->tq);
+        w->tq = NULL;
         return MPROC_ENOMEM;
+    }
     rc = mproc_args_add_int(a, w->idx);
     if (!rc) rc = mproc_args_add_int(a, w->gen);
     if (!rc) rc = mproc_args_add_int(a, p->o.maxtasksperchild);
@@ -975,7 +987,7 @@ static void handle_death(mproc_pool *p, worker *w)
 {
     pool_slot *s = (pool_slot *)p->abase + w->idx;
     uint64_t su = atomic_load(&s->unit), si = atomic_load(&s->item);
-    bool had_work = w->head != NULL;
+    bool had_work = w->head != NULL, was_ready = w->ready;
     int code = worker_reap(w);
     char msg[POOL_MSG_MAX];
     describe_death(msg, sizeof msg, w, code);
@@ -1011,10 +1023,11 @@ static void handle_death(mproc_pool *p, worker *w)
         unit *u = w->head;
         w->head = u->next;
         call *c = u->c;
-        bool dead_call = c->resolved && c->kind != CK_IMAP && c->kind != CK_IMAP_UNORDERED;
-        if (p->state >= ST_TERMINATING || dead_call) {
+        bool dead_call = c->resolved || c->failed_all;
+        if (p->state >= ST_TERMINATING || p->broken || dead_call) {
             if (!dead_call)
-                fail_call(p, c, MPROC_ECANCELED, "the pool was terminated");
+                fail_call(p, c, p->broken ? MPROC_EWORKER : MPROC_ECANCELED,
+                          p->broken ? p->broken_msg : "the pool was terminated");
             unit_drop(p, u);
             continue;
         }
@@ -1073,7 +1086,7 @@ static void handle_death(mproc_pool *p, worker *w)
     }
     /* Workers that keep dying with units queued but no task running die of
      * something no retry will fix: stop rather than restart them forever. */
-    if (had_work)
+    if (had_work || !was_ready)
         p->unblamed = blamed ? 0 : p->unblamed + 1;
     if (p->unblamed >= 5 && p->state < ST_TERMINATING) {
         char m[POOL_MSG_MAX + 64];
@@ -1171,6 +1184,10 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
     *ie = *ie <= 0 ? per : *ie * 0.875 + per * 0.125;
     call *c = u->c;
     char ebuf[POOL_MSG_MAX];
+    /* Progress first: a finish event this unit causes must come after it. */
+    c->delivered += u->n;
+    if (c->o.on_progress && c->kind != CK_APPLY && !c->resolved)
+        push_event(p, 0, c, c->delivered);
     if (c->tkind == UK_ELEM) {
         p->st.items_done += u->n;
         if (h->code) {
@@ -1216,9 +1233,6 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
             }
         }
     }
-    c->delivered += u->n;
-    if (c->o.on_progress && c->kind != CK_APPLY)
-        push_event(p, 0, c, c->delivered);
     unit_drop(p, u);
 }
 
@@ -1307,24 +1321,33 @@ static void run_events(mproc_pool *p)
     pthread_mutex_unlock(&p->mu);
     for (size_t i = 0; i < nev; i++) {
         call *c = ev[i].c;
+        /* The user's callbacks are read under c->mu and counted while they
+         * run, so a sync call that gives up can detach them and wait. */
+        pthread_mutex_lock(&c->mu);
+        mproc_call_opts o = c->o;
+        c->cb_running++;
+        pthread_mutex_unlock(&c->mu);
         if (ev[i].type == 0) {
-            c->o.on_progress(ev[i].done, c->n, c->o.ud);
+            if (o.on_progress)
+                o.on_progress(ev[i].done, c->n, o.ud);
         } else {
-            if (c->err == 0 && c->o.on_success)
-                c->o.on_success(c->value, c->o.ud);
-            else if (c->err && c->o.on_error)
-                c->o.on_error(c->err, c->errmsg ? c->errmsg : mproc_strerror(c->err), c->o.ud);
+            if (c->err == 0 && o.on_success)
+                o.on_success(c->value, o.ud);
+            else if (c->err && o.on_error)
+                o.on_error(c->err, c->errmsg ? c->errmsg : mproc_strerror(c->err), o.ud);
             if (c->hooks.done) {
                 mproc_value *v = c->value;
                 c->hooks.done(c->hooks.ud, c->err, c->errmsg, &v);
                 if (v != c->value)
                     c->value = v;
             }
-            pthread_mutex_lock(&c->mu);
-            c->ready = true;
-            pthread_cond_broadcast(&c->cv);
-            pthread_mutex_unlock(&c->mu);
         }
+        pthread_mutex_lock(&c->mu);
+        c->cb_running--;
+        if (ev[i].type == 1)
+            c->ready = true;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
         call_unref(c);
     }
     free(ev);
@@ -1508,6 +1531,7 @@ static void pool_release(mproc_pool *p)
     mproc_args_free(p->initargs);
     mproc__buf_free(&p->initref);
     pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->join_mu);
     pthread_cond_destroy(&p->cv);
     free(p);
 }
@@ -1530,6 +1554,7 @@ int mproc_pool_new(mproc_pool **out, const mproc_pool_opts *opts)
     if (!p)
         return MPROC_ENOMEM;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->join_mu, NULL);
     pool__cond_init_mono(&p->cv);
     p->afd = p->evfd = -1;
     p->owner = self_pid();
@@ -1664,15 +1689,17 @@ int mproc_pool_join(mproc_pool *p, double timeout)
             return mproc__fail(MPROC_ETIMEDOUT, "pool_join: workers still running");
         }
     }
-    bool join_threads = !p->threads_joined;
-    p->threads_joined = true;
     pthread_mutex_unlock(&p->mu);
-    if (join_threads) {
+    /* Every joiner returns only once the threads are gone. */
+    pthread_mutex_lock(&p->join_mu);
+    if (!p->threads_joined) {
         if (p->thr_started)
             pthread_join(p->thr, NULL);
         if (p->watch_started)
             pthread_join(p->watch, NULL);
+        p->threads_joined = true;
     }
+    pthread_mutex_unlock(&p->join_mu);
     return 0;
 }
 
@@ -1891,9 +1918,25 @@ int mproc_pool_starmap_async(mproc_pool *p, mproc_star_fn fn, const mproc_value 
 }
 
 /* Wait for a call and move its value out (sync calls). */
+/* A sync call that gives up: its callbacks must not run after it returns
+ * (their ud may be on the caller's stack), so detach them and wait for one
+ * that is running now. */
+static void detach_callbacks(call *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->o.on_success = NULL;
+    c->o.on_error = NULL;
+    c->o.on_progress = NULL;
+    while (c->cb_running)
+        pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+}
+
 static int finish_sync(call *c, mproc_value **out, double timeout)
 {
     int rc = mproc_result_take(c, out, timeout);
+    if (rc == MPROC_ETIMEDOUT)
+        detach_callbacks(c);
     mproc_result_free(c);
     return rc;
 }
@@ -2064,11 +2107,11 @@ int mproc_pool_map_array(mproc_pool *p, mproc_elem_fn fn, const void *in, size_t
     if (rc == MPROC_ETIMEDOUT) {
         /* `out` is the caller's stack or heap: it must not be written after
          * we return, so detach the call from it before giving up. */
-        mproc_pool *pp = p;
-        pthread_mutex_lock(&pp->mu);
+        pthread_mutex_lock(&p->mu);
         if (!c->resolved)
-            resolve(pp, c, MPROC_ETIMEDOUT, "map_array: timed out");
-        pthread_mutex_unlock(&pp->mu);
+            resolve(p, c, MPROC_ETIMEDOUT, "map_array: timed out");
+        pthread_mutex_unlock(&p->mu);
+        detach_callbacks(c);
     }
     mproc_result_free(c);
     return rc;

@@ -296,6 +296,19 @@ static int on_unit(wk *w, const uint8_t *m, size_t len)
     atomic_store_explicit(&w->slot->unit, 0, memory_order_release);
     if (rc)
         return rc;
+    if (w->res.len > mproc_queue_max_message(w->rq)) {
+        /* The outputs together exceed what the result queue carries: each
+         * item fails instead (exiting would only get the unit re-run). */
+        char why[160];
+        snprintf(why, sizeof why, "the %u outputs of this chunk total %zu bytes, over the %zu-byte "
+                 "limit of the result queue: use a smaller chunksize", u.n, w->res.len,
+                 mproc_queue_max_message(w->rq));
+        w->res.len = sizeof h;
+        for (uint32_t k = 0; !rc && k < u.n; k++)
+            rc = put_error(&w->res, MPROC_EMSGSIZE, why);
+        if (rc)
+            return rc;
+    }
     w->last_ns = (uint64_t)((mproc_monotonic() - t0) * 1e9);
     memcpy(w->res.data + offsetof(pr_head, ns), &w->last_ns, sizeof w->last_ns);
     return wk_put(w, w->res.data, w->res.len);
