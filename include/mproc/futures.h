@@ -10,7 +10,10 @@
  * Futures are reference-counted objects shared by the caller and the
  * executor: the caller releases its reference with mproc_future_free (the
  * task runs on). Done-callbacks run on the backend's thread when the future
- * completes, or at once in the caller if it is already done. */
+ * completes, or at once in the caller if it is already done. A done-callback
+ * on the local backend's thread that would block on a future that is not
+ * done (result, exception, futures_wait, as_completed_next, executor map
+ * next, shutdown with wait) gets MPROC_EDEADLK instead of hanging. */
 #ifndef MPROC_FUTURES_H
 #define MPROC_FUTURES_H
 

@@ -123,7 +123,8 @@ typedef struct mproc_pool_opts {
      * worker (it fails with MPROC_EWORKER only if that one dies too). */
     bool retry_crashed;
     /* Bound on starting each worker (see mproc_process_opts.start_timeout) and
-     * on mproc_pool_new waiting for the initializers; 0 = 60 s. */
+     * on mproc_pool_new waiting for the initializers; 0 = 60 s, negative = no
+     * bound. */
     double start_timeout;
     /* Virtual size of the shared arena that carries map_array data and large
      * inputs; 0 = 16 GiB (memory is used only as it is touched). At least
@@ -148,7 +149,8 @@ typedef struct mproc_call_opts {
     size_t chunksize;
     /* On success, with the result (borrowed: the list for map calls, NULL for
      * map_array). Runs on the pool's results thread before the result turns
-     * ready. */
+     * ready. on_success and on_error are not used by imap calls (the iterator
+     * gives each outcome); after a sync call returned, none runs. */
     void (*on_success)(const mproc_value *result, void *ud);
     /* On failure, with the code and message (borrowed), instead of on_success. */
     void (*on_error)(int err, const char *message, void *ud);

@@ -148,6 +148,8 @@ bool mproc_future_cancel(mproc_future *f)
 
 static int future_wait(mproc_future *f, double timeout)
 {
+    if (f->state < FS_DONE && timeout != 0 && mproc__pool_in_results_thread())
+        return mproc__fail(MPROC_EDEADLK, "future: waiting from a done-callback would deadlock");
     mproc_deadline d = mproc_deadline_after(timeout);
     while (f->state < FS_DONE) {
         if (mproc_deadline_expired(d) || !pool__cond_wait_until(&f->cv, &f->mu, d))
@@ -355,6 +357,7 @@ int mproc_futures_wait(mproc_future *const *fs, size_t n, double timeout, mproc_
         return rc;
     }
     mproc_deadline d = mproc_deadline_after(timeout);
+    bool deadlock = timeout != 0 && mproc__pool_in_results_thread();
     pthread_mutex_lock(&w.mu);
     for (;;) {
         bool failed = w.nfailed > 0;
@@ -362,6 +365,10 @@ int mproc_futures_wait(mproc_future *const *fs, size_t n, double timeout, mproc_
                    (when == MPROC_FIRST_EXCEPTION && failed);
         if (met) {
             rc = 0;
+            break;
+        }
+        if (deadlock) {
+            rc = mproc__fail(MPROC_EDEADLK, "futures_wait: waiting from a done-callback would deadlock");
             break;
         }
         if (mproc_deadline_expired(d) || !pool__cond_wait_until(&w.cv, &w.mu, d)) {
@@ -421,6 +428,10 @@ int mproc_as_completed_next(mproc_as_completed *ac, mproc_future **f, double tim
         }
         if (ac->w.head >= ac->n) {
             rc = mproc__fail(MPROC_ECLOSED, "as_completed: every future was returned");
+            break;
+        }
+        if (timeout != 0 && mproc__pool_in_results_thread()) {
+            rc = mproc__fail(MPROC_EDEADLK, "as_completed: waiting from a done-callback would deadlock");
             break;
         }
         if (mproc_deadline_expired(d) || !pool__cond_wait_until(&ac->w.cv, &ac->w.mu, d)) {

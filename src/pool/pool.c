@@ -181,6 +181,11 @@ struct mproc_pool {
 
 static __thread const mproc_pool *tl_pool_thread;
 
+bool mproc__pool_in_results_thread(void)
+{
+    return tl_pool_thread != NULL;
+}
+
 /* ------------------------------------------------------------- helpers */
 
 
@@ -1732,7 +1737,9 @@ int mproc_pool_processes(const mproc_pool *p)
 
 void mproc_pool_stats_get(mproc_pool *p, mproc_pool_stats *st)
 {
-    if (!p || !st)
+    if (st)
+        memset(st, 0, sizeof *st);
+    if (!p || !st || p->owner != self_pid())
         return;
     pthread_mutex_lock(&p->mu);
     *st = p->st;
@@ -1741,7 +1748,7 @@ void mproc_pool_stats_get(mproc_pool *p, mproc_pool_stats *st)
 
 size_t mproc_pool_worker_pids(mproc_pool *p, pid_t *pids, size_t n)
 {
-    if (!p || !pids)
+    if (!p || !pids || p->owner != self_pid())
         return 0;
     size_t k = 0;
     pthread_mutex_lock(&p->mu);

@@ -96,6 +96,10 @@ static inline bool pool__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu
 
 /* ------------------------------------------------------- executor hooks */
 
+/* true on a pool's results thread (where futures' done-callbacks of the local
+ * backend run): blocking there on a future would deadlock. */
+bool mproc__pool_in_results_thread(void);
+
 typedef struct pool_hooks {
     /* Under the pool lock, when the call is first given to a worker: false
      * drops the call unrun (the future was cancelled). */
