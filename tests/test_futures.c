@@ -758,6 +758,64 @@ MTEST(test_executor_shutdown_wait_returns_promptly_after_cancelling_pending_futu
     shared_free();
 }
 
+/* A done-callback that calls back into the executor it is being shut down by. */
+typedef struct reentry {
+    mproc_executor *ex;
+    _Atomic int called, submit_rc, map_rc, shutdown_rc;
+    mproc_future *late;
+    mproc_imap *late_it;
+} reentry;
+
+static void cb_reenter(mproc_future *f, void *ud)
+{
+    (void)f;
+    reentry *r = ud;
+    mproc_value *a = mproc_value_int(1), *l = ints(0, 2);
+    r->submit_rc = mproc_executor_submit(r->ex, mproc_task_value(t_square), a, &r->late);
+    r->map_rc = mproc_executor_map(r->ex, mproc_task_value(t_square), l, 1, &r->late_it);
+    r->shutdown_rc = mproc_executor_shutdown(r->ex, false, true);
+    mproc_value_free(a);
+    mproc_value_free(l);
+    atomic_store(&r->called, 1);
+}
+
+MTEST(test_executor_done_callback_may_call_the_executor_during_shutdown_cancel)
+{
+    shared_new();
+    mproc_executor *ex = new_executor(1);
+    mproc_future *f[8];
+    f[0] = submit_int(ex, t_gate, 0);
+    for (int i = 1; i < 8; i++)
+        f[i] = submit_int(ex, t_square, i);
+    WAIT_UNTIL(atomic_load(&S->started[0]), 10.0);
+    reentry r = {.ex = ex, .submit_rc = 1, .map_rc = 1, .shutdown_rc = 1};
+    CHECK_OK(mproc_future_add_done_callback(f[7], cb_reenter, &r));
+    /* shutdown(cancel_futures) runs f[7]'s callback as it cancels it: in a
+     * thread, so a deadlock fails the test instead of hanging it */
+    shut s = {.ex = ex, .wait = false, .cancel = true};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, shut_main, &s) == 0);
+    WAIT_UNTIL(atomic_load(&s.done), 5.0);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK_OK(s.rc);
+    CHECK(mproc_future_cancelled(f[7]));
+    CHECK(r.called);
+    CHECK_EQ(r.submit_rc, MPROC_ESTATE);
+    CHECK(r.late == NULL);
+    CHECK_EQ(r.map_rc, MPROC_ESTATE);
+    CHECK(r.late_it == NULL);
+    CHECK_OK(r.shutdown_rc);
+    atomic_store(&S->gate[0], 1);
+    CHECK_OK(mproc_executor_shutdown(ex, true, false));
+    CHECK_EQ(future_int(f[0]), 0);
+    for (int i = 0; i < 8; i++) {
+        CHECK(mproc_future_done(f[i]));
+        mproc_future_free(f[i]);
+    }
+    mproc_executor_free(ex);
+    shared_free();
+}
+
 MTEST(test_executor_shutdown_without_cancel_runs_every_pending_future)
 {
     mproc_executor *ex = new_executor(2);
@@ -1159,6 +1217,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_futures_wait_all_completed_times_out_then_completes),
         MTEST_ENTRY(test_executor_shutdown_wait_cancel_futures_cancels_pending_ones),
         MTEST_ENTRY(test_executor_shutdown_wait_returns_promptly_after_cancelling_pending_futures),
+        MTEST_ENTRY(test_executor_done_callback_may_call_the_executor_during_shutdown_cancel),
         MTEST_ENTRY(test_executor_shutdown_without_cancel_runs_every_pending_future),
         MTEST_ENTRY(test_executor_submit_and_map_after_shutdown_are_estate),
         MTEST_ENTRY(test_executor_free_waits_for_pending_futures_which_stay_valid),

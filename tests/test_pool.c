@@ -255,6 +255,63 @@ static int e_affine(const void *in, void *out, const void *arg)
     return 0;
 }
 
+/* Element task: waits for gate in[0] (an int64), then copies it out. */
+static int e_gate(const void *in, void *out, const void *arg)
+{
+    (void)arg;
+    int64_t g;
+    memcpy(&g, in, 8);
+    int rc = wait_gate(g);
+    if (rc)
+        return rc;
+    memcpy(out, &g, 8);
+    return 0;
+}
+
+/* x >= 0: wait for gate x, give x. x < 0: fail once the item of gate -x has
+ * started (so that item is still running when this one fails the call). */
+static int t_gate_or_fail_once_started(const mproc_value *arg, mproc_value **out)
+{
+    int64_t x = mproc_value_as_int(arg);
+    if (x >= 0) {
+        int rc = wait_gate(x);
+        return rc ? rc : set_int(out, x);
+    }
+    if (-x >= NGATES)
+        return mproc_task_error("bad gate %lld", (long long)-x);
+    mproc_deadline d = mproc_deadline_after(5.0);
+    while (!atomic_load(&S->started[-x]) && !mproc_deadline_expired(d))
+        nap();
+    return mproc_task_error("item %lld fails", (long long)x);
+}
+
+/* Counts its run in S->runs, waits for gate 0, gives x*x. */
+static int t_count_then_gate0(const mproc_value *arg, mproc_value **out)
+{
+    atomic_fetch_add(&S->runs, 1);
+    int rc = wait_gate(0);
+    if (rc)
+        return rc;
+    int64_t x = mproc_value_as_int(arg);
+    return set_int(out, x * x);
+}
+
+/* Per-item run counts (a MAP_SHARED page) for t_count_kill_on_3. */
+static _Atomic int64_t *g_item_runs;
+#define ITEM_RUNS_MAX 64
+
+/* Counts each item's runs; item 3 kills its worker. */
+static int t_count_kill_on_3(const mproc_value *arg, mproc_value **out)
+{
+    int64_t x = mproc_value_as_int(arg);
+    if (x < 0 || x >= ITEM_RUNS_MAX)
+        return mproc_task_error("bad item %lld", (long long)x);
+    atomic_fetch_add(&g_item_runs[x], 1);
+    if (x == 3)
+        raise(SIGKILL);
+    return set_int(out, x);
+}
+
 /* Initializers. */
 static int64_t g_base = -1;
 static char g_tag[64] = "unset";
@@ -319,6 +376,25 @@ static int init_only_first(mproc_args *a)
     (void)a;
     if (atomic_fetch_add(&S->inits, 1) >= 1)
         return mproc_task_error("replacement initializer fails");
+    return 0;
+}
+
+/* The two first runs (the first workers of a 2-process pool) succeed, every
+ * later one (a replacement) fails. */
+static int init_fail_after_2(mproc_args *a)
+{
+    (void)a;
+    if (atomic_fetch_add(&S->inits, 1) >= 2)
+        return mproc_task_error("replacement initializer fails");
+    return 0;
+}
+
+/* The first run succeeds, every later one (a replacement) kills its worker. */
+static int init_crash_after_1(mproc_args *a)
+{
+    (void)a;
+    if (atomic_fetch_add(&S->inits, 1) >= 1)
+        raise(SIGKILL);
     return 0;
 }
 
@@ -423,6 +499,13 @@ static size_t live_workers(mproc_pool *p)
 {
     pid_t pids[64];
     return mproc_pool_worker_pids(p, pids, 64);
+}
+
+/* Every worker the pool started has died (and been handled). */
+static bool every_worker_died(mproc_pool *p)
+{
+    mproc_pool_stats st = stats(p);
+    return st.workers_died == st.workers_started;
 }
 
 static size_t count_distinct(const int64_t *v, size_t n)
@@ -1140,6 +1223,35 @@ MTEST(test_pool_map_array_larger_than_the_arena_fails_with_enomem)
     close_join_free(p);
 }
 
+MTEST(test_pool_shared_alloc_of_absurd_size_fails)
+{
+    mproc_pool_opts po = {.processes = 1, .arena_size = 4 << 20};
+    mproc_pool *p;
+    CHECK_OK(mproc_pool_new(&p, &po));
+    /* sizes whose rounding to the arena's alignment wraps around */
+    static const size_t absurd[] = {SIZE_MAX,       SIZE_MAX - 1,   SIZE_MAX - 63,
+                                    SIZE_MAX - 64,  SIZE_MAX - 100, SIZE_MAX - 127,
+                                    SIZE_MAX - 128, SIZE_MAX / 2,   (size_t)1 << 40,
+                                    4 << 20};
+    for (size_t i = 0; i < sizeof absurd / sizeof absurd[0]; i++) {
+        void *b = mproc_pool_shared_alloc(p, absurd[i]);
+        if (b)
+            fprintf(stderr, "shared_alloc(SIZE_MAX - %zu) gave %p\n", SIZE_MAX - absurd[i], b);
+        CHECK(b == NULL);
+        CHECK(mproc_errmsg()[0] != 0);
+    }
+    /* the arena is intact: what fits is still given, and does not overlap */
+    uint8_t *a = mproc_pool_shared_alloc(p, 64), *big = mproc_pool_shared_alloc(p, 2 << 20);
+    CHECK(a && big);
+    CHECK(big >= a + 64 || big + (2 << 20) <= a);
+    memset(a, 1, 64);
+    memset(big, 2, 2 << 20);
+    CHECK_EQ(a[63], 1);
+    mproc_pool_shared_free(p, big);
+    mproc_pool_shared_free(p, a);
+    close_join_free(p);
+}
+
 MTEST(test_pool_decode_limits_refuse_an_oversized_result_and_the_pool_goes_on)
 {
     mproc_pool_opts po = {.processes = 1, .limits = {.max_items = 50}};
@@ -1338,6 +1450,184 @@ MTEST(test_pool_on_progress_is_monotonic_and_reaches_the_total)
     CHECK(!p2.backwards);
     mproc_value_free(items);
     close_join_free(p);
+}
+
+/* Records the order of progress and finish callbacks. */
+typedef struct ordrec {
+    _Atomic size_t last;      /* the last progress count */
+    _Atomic size_t at_finish; /* the progress count when the finish callback ran */
+    _Atomic int finished, after_finish;
+} ordrec;
+
+static void ord_progress(size_t done, size_t total, void *ud)
+{
+    (void)total;
+    ordrec *o = ud;
+    if (atomic_load(&o->finished))
+        atomic_fetch_add(&o->after_finish, 1);
+    atomic_store(&o->last, done);
+}
+
+static void ord_finish(const mproc_value *res, void *ud)
+{
+    (void)res;
+    ordrec *o = ud;
+    atomic_store(&o->at_finish, atomic_load(&o->last));
+    atomic_store(&o->finished, 1);
+}
+
+MTEST(test_pool_progress_comes_before_ready)
+{
+    mproc_pool *p = new_pool(2);
+    /* map_async: the last chunk's progress runs before on_success, and both
+     * before the result is ready (no polling after the wait) */
+    mproc_value *items = ints(0, 8);
+    ordrec o1 = {0};
+    mproc_call_opts o = {.chunksize = 2, .on_progress = ord_progress, .on_success = ord_finish,
+                         .ud = &o1};
+    mproc_result *r;
+    CHECK_OK(mproc_pool_map_async(p, mproc_task_value(t_square), items, &o, &r));
+    CHECK_OK(mproc_result_wait(r, 30.0));
+    CHECK_EQ(o1.at_finish, 8);
+    CHECK_EQ(o1.last, 8);
+    CHECK_EQ(o1.after_finish, 0);
+    mproc_result_free(r);
+    /* map_array_async, the same */
+    size_t n = 1000;
+    int64_t *in = malloc(n * 8), *out = malloc(n * 8);
+    CHECK(in && out);
+    for (size_t i = 0; i < n; i++)
+        in[i] = (int64_t)i;
+    ordrec o2 = {0};
+    mproc_call_opts oa = {.chunksize = 100, .on_progress = ord_progress, .on_success = ord_finish,
+                          .ud = &o2};
+    CHECK_OK(mproc_pool_map_array_async(p, e_square_i64, in, 8, out, 8, n, &oa, &r));
+    CHECK_OK(mproc_result_wait(r, 30.0));
+    CHECK_EQ(o2.at_finish, n);
+    CHECK_EQ(o2.last, n);
+    CHECK_EQ(o2.after_finish, 0);
+    mproc_result_free(r);
+    CHECK_EQ(out[n - 1], (int64_t)((n - 1) * (n - 1)));
+    /* a synchronous map: every progress callback has run when it returns */
+    for (int k = 0; k < 5; k++) {
+        ordrec o3 = {0};
+        mproc_call_opts os = {.chunksize = 2, .on_progress = ord_progress, .ud = &o3};
+        mproc_value *res = NULL;
+        CHECK_OK(mproc_pool_map(p, mproc_task_value(t_square), items, &os, &res, 30.0));
+        CHECK_EQ(o3.last, 8);
+        mproc_value_free(res);
+        ordrec o4 = {0};
+        os.chunksize = 100;
+        os.ud = &o4;
+        CHECK_OK(mproc_pool_map_array(p, e_square_i64, in, 8, out, 8, n, &os, 30.0));
+        CHECK_EQ(o4.last, n);
+    }
+    free(in);
+    free(out);
+    mproc_value_free(items);
+    close_join_free(p);
+}
+
+/* Counts callbacks, and those that run after the call that set them returned. */
+typedef struct latecb {
+    _Atomic int returned, calls, late;
+} latecb;
+
+static void late_note(void *ud)
+{
+    latecb *l = ud;
+    atomic_fetch_add(&l->calls, 1);
+    if (atomic_load(&l->returned))
+        atomic_fetch_add(&l->late, 1);
+}
+
+static void late_progress(size_t done, size_t total, void *ud)
+{
+    (void)done;
+    (void)total;
+    late_note(ud);
+}
+
+static void late_success(const mproc_value *res, void *ud)
+{
+    (void)res;
+    late_note(ud);
+}
+
+static void late_error(int err, const char *message, void *ud)
+{
+    (void)err;
+    (void)message;
+    late_note(ud);
+}
+
+/* Every callback event queued so far has run once this returns: events run in
+ * order on the results thread, and a call is ready only after its own. */
+static void flush_callbacks(mproc_pool *p)
+{
+    mproc_result *r = async_int(p, t_square, 2, NULL);
+    CHECK_OK(mproc_result_wait(r, 10.0));
+    mproc_result_free(r);
+}
+
+MTEST(test_pool_callbacks_never_run_after_a_sync_call_returned)
+{
+    shared_new();
+    mproc_pool *p = new_pool(2);
+    /* map_array that times out while its two elements run (one per worker) */
+    latecb l1 = {0};
+    mproc_call_opts o = {.chunksize = 1, .on_progress = late_progress, .on_success = late_success,
+                         .on_error = late_error, .ud = &l1};
+    int64_t in[2] = {0, 1}, out[2] = {-1, -1};
+    uint64_t base = stats(p).items_done;
+    CHECK_EQ(mproc_pool_map_array(p, e_gate, in, 8, out, 8, 2, &o, 0.1), MPROC_ETIMEDOUT);
+    atomic_store(&l1.returned, 1);
+    WAIT_UNTIL(atomic_load(&S->started[0]) && atomic_load(&S->started[1]), 10.0);
+    atomic_store(&S->gate[0], 1);
+    atomic_store(&S->gate[1], 1);
+    WAIT_UNTIL(stats(p).items_done >= base + 2, 10.0);
+    flush_callbacks(p);
+    CHECK_EQ(out[0], -1); /* nor was out written */
+    CHECK_EQ(out[1], -1);
+    /* map that times out, then succeeds in the workers */
+    latecb l2 = {0};
+    o.ud = &l2;
+    mproc_value *items = mproc_value_list(), *res = NULL;
+    CHECK_OK(mproc_value_append(items, mproc_value_int(2)));
+    CHECK_OK(mproc_value_append(items, mproc_value_int(3)));
+    base = stats(p).items_done;
+    CHECK_EQ(mproc_pool_map(p, mproc_task_value(t_gate), items, &o, &res, 0.1), MPROC_ETIMEDOUT);
+    atomic_store(&l2.returned, 1);
+    CHECK(res == NULL);
+    WAIT_UNTIL(atomic_load(&S->started[2]) && atomic_load(&S->started[3]), 10.0);
+    atomic_store(&S->gate[2], 1);
+    atomic_store(&S->gate[3], 1);
+    WAIT_UNTIL(stats(p).items_done >= base + 2, 10.0);
+    flush_callbacks(p);
+    mproc_value_free(items);
+    /* map that fails (item -5) while its other item (gate 5) still runs */
+    latecb l3 = {0};
+    o.ud = &l3;
+    items = mproc_value_list();
+    CHECK_OK(mproc_value_append(items, mproc_value_int(-5)));
+    CHECK_OK(mproc_value_append(items, mproc_value_int(5)));
+    base = stats(p).items_done;
+    mproc_task fail5 = mproc_task_value(t_gate_or_fail_once_started);
+    CHECK_EQ(mproc_pool_map(p, fail5, items, &o, &res, 30.0), MPROC_EREMOTE);
+    atomic_store(&l3.returned, 1);
+    CHECK(res == NULL);
+    CHECK(atomic_load(&l3.calls) >= 1); /* on_error, before it returned */
+    atomic_store(&S->gate[5], 1);
+    WAIT_UNTIL(stats(p).items_done >= base + 2, 10.0);
+    flush_callbacks(p);
+    mproc_value_free(items);
+    fprintf(stderr, "late callbacks: map_array timed out %d, map timed out %d, map failed %d\n",
+            (int)l1.late, (int)l2.late, (int)l3.late);
+    CHECK_EQ(l1.late, 0);
+    CHECK_EQ(l2.late, 0);
+    CHECK_EQ(l3.late, 0);
+    close_join_free(p);
+    shared_free();
 }
 
 typedef struct blockctx {
@@ -1885,6 +2175,115 @@ MTEST(test_pool_failing_initializer_in_a_replacement_breaks_the_pool_with_eworke
     shared_free();
 }
 
+MTEST(test_pool_replacement_whose_initializer_crashes_breaks_the_pool_when_idle)
+{
+    shared_new();
+    mproc_pool_opts o = {.processes = 1, .initializer = init_crash_after_1};
+    mproc_pool *p;
+    CHECK_OK(mproc_pool_new(&p, &o));
+    pid_t pid = 0;
+    CHECK_EQ(mproc_pool_worker_pids(p, &pid, 1), 1);
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    /* no work is waiting: the replacements die in their initializer, and the
+     * pool stops replacing them instead of restarting them forever (while it
+     * restarts them, one more has always started than died) */
+    WAIT_UNTIL(every_worker_died(p), 10.0);
+    CHECK_EQ(live_workers(p), 0);
+    mproc_pool_stats st = stats(p);
+    fprintf(stderr, "workers started %llu, died %llu\n", (unsigned long long)st.workers_started,
+            (unsigned long long)st.workers_died);
+    CHECK(st.workers_started >= 2 && st.workers_started <= 10);
+    CHECK_EQ(st.workers_died, st.workers_started);
+    /* broken: calls fail at once instead of waiting for a worker */
+    double t0 = mproc_monotonic();
+    int rc = apply_rc(p, t_square, 4, 5.0, NULL);
+    CHECK(rc == MPROC_EWORKER || rc == MPROC_ESTATE);
+    CHECK(mproc_monotonic() - t0 < 1.0);
+    CHECK_EQ(stats(p).workers_started, st.workers_started);
+    mproc_pool_free(p);
+    shared_free();
+}
+
+MTEST(test_pool_broken_pool_with_imap_work_closes_and_joins)
+{
+    shared_new();
+    mproc_pool_opts o = {.processes = 2, .initializer = init_fail_after_2};
+    mproc_pool *p;
+    CHECK_OK(mproc_pool_new(&p, &o));
+    mproc_value *items = ints(0, 40);
+    mproc_call_opts c1 = {.chunksize = 1};
+    mproc_imap *it;
+    CHECK_OK(mproc_pool_imap(p, mproc_task_value(t_count_then_gate0), items, &c1, &it));
+    /* both workers run an item (gate 0 closed) with more queued behind it */
+    WAIT_UNTIL(atomic_load(&S->runs) == 2, 10.0);
+    pid_t pids[2];
+    CHECK_EQ(mproc_pool_worker_pids(p, pids, 2), 2);
+    /* the victim's queued units go to its replacement, whose initializer fails:
+     * the pool breaks with those units on a worker that is going away */
+    CHECK_EQ(kill(pids[0], SIGKILL), 0);
+    size_t ok = 0, failed = 0;
+    for (size_t i = 0; i < 40; i++) {
+        mproc_value *v = NULL;
+        size_t idx = 99;
+        int rc = mproc_imap_next(it, &v, &idx, 10.0);
+        CHECK_EQ(idx, i);
+        if (rc == 0) {
+            CHECK_EQ(mproc_value_as_int(v), (int64_t)(i * i));
+            mproc_value_free(v);
+            ok++;
+        } else {
+            CHECK_EQ(rc, MPROC_EWORKER);
+            failed++;
+        }
+    }
+    mproc_value *v;
+    CHECK_EQ(mproc_imap_next(it, &v, NULL, 5.0), MPROC_ECLOSED);
+    fprintf(stderr, "imap on the broken pool: %zu ok, %zu EWORKER\n", ok, failed);
+    CHECK(failed >= 1);
+    CHECK(S->inits >= 3);
+    atomic_store(&S->gate[0], 1); /* the surviving worker finishes its units */
+    CHECK_OK(mproc_pool_close(p));
+    double t0 = mproc_monotonic();
+    int rc = mproc_pool_join(p, 5.0);
+    if (rc)
+        fprintf(stderr, "join: %s %s\n", mproc_errname(rc), mproc_errmsg());
+    CHECK_OK(rc);
+    CHECK(mproc_monotonic() - t0 < 2.0);
+    CHECK_EQ(live_workers(p), 0);
+    mproc_imap_free(it);
+    mproc_value_free(items);
+    mproc_pool_free(p);
+    shared_free();
+}
+
+MTEST(test_pool_failed_map_does_not_rerun_items)
+{
+    void *m = mmap(NULL, ITEM_RUNS_MAX * sizeof *g_item_runs, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(m != MAP_FAILED);
+    g_item_runs = m;
+    mproc_pool *p = new_pool(1);
+    /* one chunk of 10: item 3 kills the worker; the map fails with it */
+    mproc_value *items = ints(0, 10), *out = NULL;
+    mproc_call_opts o = {.chunksize = 10};
+    CHECK_EQ(mproc_pool_map(p, mproc_task_value(t_count_kill_on_3), items, &o, &out, 30.0),
+             MPROC_EWORKER);
+    CHECK(out == NULL);
+    /* anything of the chunk given back would run on the one worker before this */
+    CHECK_EQ(apply_int(p, t_square, 6), 36);
+    for (int i = 0; i < 10; i++) {
+        int64_t want = i <= 3 ? 1 : 0;
+        if (g_item_runs[i] != want)
+            fprintf(stderr, "item %d ran %lld times\n", i, (long long)g_item_runs[i]);
+        CHECK_EQ(g_item_runs[i], want);
+    }
+    CHECK_EQ(stats(p).workers_died, 1);
+    mproc_value_free(items);
+    close_join_free(p);
+    munmap(m, ITEM_RUNS_MAX * sizeof *g_item_runs);
+    g_item_runs = NULL;
+}
+
 /* The chaos run: a long map while the test SIGKILLs a random live worker 100
  * times, waiting for its replacement between kills. Map and kills go in step:
  * item i waits for kill i*KILLS/N, and kill k waits until the items before
@@ -2157,11 +2556,14 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_pool_map_array_passes_the_call_arg_bytes_to_every_element),
         MTEST_ENTRY(test_pool_shared_alloc_arrays_are_used_in_place_by_map_array),
         MTEST_ENTRY(test_pool_map_array_larger_than_the_arena_fails_with_enomem),
+        MTEST_ENTRY(test_pool_shared_alloc_of_absurd_size_fails),
         MTEST_ENTRY(test_pool_decode_limits_refuse_an_oversized_result_and_the_pool_goes_on),
         MTEST_ENTRY(test_pool_map_array_element_error_fails_the_call_and_leaves_out_untouched),
         MTEST_ENTRY(test_pool_map_array_async_copies_in_and_fills_out_when_ready),
         MTEST_ENTRY(test_pool_callbacks_run_on_the_results_thread_before_the_result_is_ready),
         MTEST_ENTRY(test_pool_on_progress_is_monotonic_and_reaches_the_total),
+        MTEST_ENTRY(test_pool_progress_comes_before_ready),
+        MTEST_ENTRY(test_pool_callbacks_never_run_after_a_sync_call_returned),
         MTEST_ENTRY(test_pool_blocking_calls_from_a_callback_fail_with_edeadlk),
         MTEST_ENTRY(test_pool_callback_may_submit_more_work_with_apply_async),
         MTEST_ENTRY(test_pool_result_freed_before_ready_still_fires_its_callbacks),
@@ -2179,6 +2581,9 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_pool_retry_crashed_reruns_an_item_whose_worker_died),
         MTEST_ENTRY(test_pool_retry_crashed_fails_an_item_that_kills_every_worker_it_runs_on),
         MTEST_ENTRY(test_pool_failing_initializer_in_a_replacement_breaks_the_pool_with_eworker),
+        MTEST_ENTRY(test_pool_replacement_whose_initializer_crashes_breaks_the_pool_when_idle),
+        MTEST_ENTRY(test_pool_broken_pool_with_imap_work_closes_and_joins),
+        MTEST_ENTRY(test_pool_failed_map_does_not_rerun_items),
         MTEST_ENTRY(test_pool_survives_100_random_worker_sigkills_during_a_long_map),
         MTEST_ENTRY(test_pool_is_shared_by_threads_of_its_owner),
         MTEST_ENTRY(test_pool_calls_from_a_fork_child_are_estate),
