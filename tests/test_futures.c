@@ -396,6 +396,50 @@ MTEST(test_future_done_callbacks_run_once_in_order_before_and_after_done)
     shared_free();
 }
 
+/* A done-callback (on the pool's results thread) that waits on a future that
+ * is not done would wait for itself: every blocking wait returns EDEADLK. */
+typedef struct wait_in_cb {
+    mproc_future *other;
+    _Atomic int result_rc, wait_rc, ac_rc, ran;
+} wait_in_cb;
+
+static void cb_wait_other(mproc_future *f, void *ud)
+{
+    (void)f;
+    wait_in_cb *w = ud;
+    const mproc_value *v;
+    atomic_store(&w->result_rc, mproc_future_result(w->other, &v, 5.0));
+    atomic_store(&w->wait_rc, mproc_futures_wait(&w->other, 1, 5.0, MPROC_ALL_COMPLETED, NULL));
+    mproc_as_completed *ac;
+    mproc_future *got;
+    if (mproc_as_completed_new(&w->other, 1, &ac) == 0) {
+        atomic_store(&w->ac_rc, mproc_as_completed_next(ac, &got, 5.0));
+        mproc_as_completed_free(ac);
+    }
+    atomic_store(&w->ran, 1);
+}
+
+MTEST(test_future_waits_from_a_done_callback_give_edeadlk)
+{
+    shared_new();
+    mproc_executor *ex = new_executor(2);
+    wait_in_cb w = {.other = submit_int(ex, t_gate, 1)};
+    WAIT_UNTIL(atomic_load(&S->started[1]), 10.0);
+    mproc_future *f = submit_int(ex, t_gate, 2); /* not done before the callback is added */
+    CHECK_OK(mproc_future_add_done_callback(f, cb_wait_other, &w));
+    atomic_store(&S->gate[2], 1);
+    WAIT_UNTIL(atomic_load(&w.ran), 10.0);
+    CHECK_EQ(w.result_rc, MPROC_EDEADLK);
+    CHECK_EQ(w.wait_rc, MPROC_EDEADLK);
+    CHECK_EQ(w.ac_rc, MPROC_EDEADLK);
+    atomic_store(&S->gate[1], 1); /* the other one still completes */
+    CHECK_EQ(future_int(w.other), 1);
+    mproc_future_free(w.other);
+    mproc_future_free(f);
+    mproc_executor_free(ex);
+    shared_free();
+}
+
 MTEST(test_future_freed_before_done_lets_the_task_run_on)
 {
     shared_new();
@@ -1218,6 +1262,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_executor_shutdown_wait_cancel_futures_cancels_pending_ones),
         MTEST_ENTRY(test_executor_shutdown_wait_returns_promptly_after_cancelling_pending_futures),
         MTEST_ENTRY(test_executor_done_callback_may_call_the_executor_during_shutdown_cancel),
+        MTEST_ENTRY(test_future_waits_from_a_done_callback_give_edeadlk),
         MTEST_ENTRY(test_executor_shutdown_without_cancel_runs_every_pending_future),
         MTEST_ENTRY(test_executor_submit_and_map_after_shutdown_are_estate),
         MTEST_ENTRY(test_executor_free_waits_for_pending_futures_which_stay_valid),
