@@ -12,6 +12,9 @@
 
 #define MPROC_UNUSED(x) ((void)(x))
 
+/* CLOCK_MONOTONIC in nanoseconds (src/core/time.c). A deadline of 0 means
+ * "already passed" (what mproc_deadline_after(0) gives). */
+int64_t mproc__now_ns(void);
 /* ---------------------------------------------------------------- errors */
 
 /* Record a detail message for mproc_errmsg() and return `err` (for `return mproc__fail(...)`). */

@@ -1389,7 +1389,9 @@ static void *results_main(void *arg)
         }
         pthread_mutex_unlock(&p->mu);
         size_t len = 0;
-        int rc = mproc_queue_get_into(p->rq, buf, cap, &len, timeout);
+        int rc = mproc_queue_get_into(p->rq, buf, cap, &len, 0); /* no clock read if queued */
+        if (rc == MPROC_ETIMEDOUT)
+            rc = mproc_queue_get_into(p->rq, buf, cap, &len, timeout);
         if (rc == MPROC_EMSGSIZE) {
             uint8_t *nb = realloc(buf, len);
             if (nb) {
@@ -2126,10 +2128,13 @@ int mproc_pool_map_array(mproc_pool *p, mproc_elem_fn fn, const void *in, size_t
 
 /* --------------------------------------------------------------- results */
 
-static int wait_ready(call *c, mproc_deadline d, double timeout)
+static int wait_ready(call *c, double timeout)
 {
-    if (tl_pool_thread == c->owner_pool && timeout != 0 && !c->ready)
+    if (c->ready)
+        return 0;
+    if (tl_pool_thread == c->owner_pool && timeout != 0)
         return mproc__fail(MPROC_EDEADLK, "result: waiting from a pool callback would deadlock");
+    mproc_deadline d = mproc_deadline_after(timeout);
     while (!c->ready) {
         c->nwaiters++;
         bool ok = pool__cond_wait_until(&c->cv, &c->mu, d);
@@ -2153,9 +2158,8 @@ int mproc_result_get(mproc_result *c, const mproc_value **out, double timeout)
         *out = NULL;
     if (!c)
         return mproc__fail(MPROC_EINVAL, "result_get: NULL result");
-    mproc_deadline d = mproc_deadline_after(timeout);
     pthread_mutex_lock(&c->mu);
-    int rc = wait_ready(c, d, timeout);
+    int rc = wait_ready(c, timeout);
     if (!rc)
         rc = result_outcome(c);
     if (!rc && out)
@@ -2170,9 +2174,8 @@ int mproc_result_take(mproc_result *c, mproc_value **out, double timeout)
         *out = NULL;
     if (!c)
         return mproc__fail(MPROC_EINVAL, "result_take: NULL result");
-    mproc_deadline d = mproc_deadline_after(timeout);
     pthread_mutex_lock(&c->mu);
-    int rc = wait_ready(c, d, timeout);
+    int rc = wait_ready(c, timeout);
     if (!rc)
         rc = result_outcome(c);
     if (!rc && out) {
@@ -2192,9 +2195,8 @@ int mproc_result_wait(mproc_result *c, double timeout)
 {
     if (!c)
         return mproc__fail(MPROC_EINVAL, "result_wait: NULL result");
-    mproc_deadline d = mproc_deadline_after(timeout);
     pthread_mutex_lock(&c->mu);
-    int rc = wait_ready(c, d, timeout);
+    int rc = wait_ready(c, timeout);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
@@ -2241,7 +2243,8 @@ int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, doub
 int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, double timeout)
 {
     call *c = it->c;
-    mproc_deadline d = mproc_deadline_after(timeout);
+    mproc_deadline d = {0};
+    bool have_d = false; /* read the clock only if we have to wait */
     pthread_mutex_lock(&c->mu);
     size_t i;
     for (;;) {
@@ -2261,6 +2264,10 @@ int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, doub
         if (tl_pool_thread == c->owner_pool && timeout != 0) {
             pthread_mutex_unlock(&c->mu);
             return mproc__fail(MPROC_EDEADLK, "imap_next: waiting from a pool callback would deadlock");
+        }
+        if (!have_d) {
+            d = mproc_deadline_after(timeout);
+            have_d = true;
         }
         c->nwaiters++;
         bool ok = pool__cond_wait_until(&c->cv, &c->mu, d);

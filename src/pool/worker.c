@@ -194,8 +194,11 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
 /* Queue waits are bounded so an orphaned worker notices its parent is gone. */
 static int wk_put(wk *w, const void *p, size_t n)
 {
+    int rc = mproc_queue_put(w->rq, p, n, 0); /* the usual case, without a clock read */
+    if (rc != MPROC_ETIMEDOUT)
+        return rc;
     for (;;) {
-        int rc = mproc_queue_put(w->rq, p, n, 1.0);
+        rc = mproc_queue_put(w->rq, p, n, 1.0);
         if (rc != MPROC_ETIMEDOUT)
             return rc;
         if (!mproc__parent_alive())
@@ -205,8 +208,8 @@ static int wk_put(wk *w, const void *p, size_t n)
 
 static int wk_get(wk *w, size_t *len)
 {
-    for (;;) {
-        int rc = mproc_queue_get_into(w->tq, w->msg, w->msg_cap, len, 1.0);
+    for (double t = 0;; t = 1.0) { /* try once first: no clock read when work is queued */
+        int rc = mproc_queue_get_into(w->tq, w->msg, w->msg_cap, len, t);
         if (rc == MPROC_EMSGSIZE) {
             uint8_t *m = realloc(w->msg, *len);
             if (!m)
@@ -217,7 +220,7 @@ static int wk_get(wk *w, size_t *len)
         }
         if (rc != MPROC_ETIMEDOUT)
             return rc;
-        if (!mproc__parent_alive())
+        if (t > 0 && !mproc__parent_alive())
             return MPROC_ECLOSED;
     }
 }

@@ -298,7 +298,7 @@ static int side_lock(mproc_queue *q, pthread_mutex_t *mu, mproc_deadline d, bool
     int r = pthread_mutex_trylock(mu);
     if (r == EBUSY) {
         if (nowait)
-            d.ns = mproc_deadline_after(0).ns + NOWAIT_LOCK_NS;
+            d.ns = mproc__now_ns() + NOWAIT_LOCK_NS;
         if (d.ns == INT64_MAX) {
             r = pthread_mutex_lock(mu);
         } else {
