@@ -21,34 +21,6 @@
 
 /* ------------------------------------------------------------------- tasks */
 
-static int set_int(mproc_value **out, int64_t x)
-{
-    *out = mproc_value_int(x);
-    return *out ? 0 : MPROC_ENOMEM;
-}
-
-static int t_square(const mproc_value *arg, mproc_value **out)
-{
-    int64_t x = mproc_value_as_int(arg);
-    return set_int(out, x * x);
-}
-
-static int t_fail_on_7(const mproc_value *arg, mproc_value **out)
-{
-    int64_t x = mproc_value_as_int(arg);
-    if (x == 7)
-        return mproc_task_error("item %lld is bad", (long long)x);
-    return set_int(out, x * 10);
-}
-
-static int t_sleep_ms(const mproc_value *arg, mproc_value **out)
-{
-    int64_t ms = mproc_value_as_int(arg);
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-    nanosleep(&ts, NULL); /* workload, not synchronisation */
-    return set_int(out, ms);
-}
-
 /* Wait (at most 20 s) for the test to open gate g; returns g. */
 static int t_gate(const mproc_value *arg, mproc_value **out)
 {
@@ -63,38 +35,6 @@ static int t_gate(const mproc_value *arg, mproc_value **out)
         nap();
     }
     return set_int(out, g);
-}
-
-static int t_pid(const mproc_value *arg, mproc_value **out)
-{
-    (void)arg;
-    return set_int(out, (int64_t)getpid());
-}
-
-static int t_kill_on_5(const mproc_value *arg, mproc_value **out)
-{
-    int64_t x = mproc_value_as_int(arg);
-    if (x == 5)
-        raise(SIGKILL);
-    return set_int(out, x * x);
-}
-
-static int t_crash_once(const mproc_value *arg, mproc_value **out)
-{
-    if (atomic_fetch_add(&S->runs, 1) == 0)
-        raise(SIGKILL);
-    return set_int(out, mproc_value_as_int(arg) + 1);
-}
-
-static int t_reverse(const void *in, size_t len, mproc_buf *out)
-{
-    const uint8_t *p = in;
-    for (size_t i = 0; i < len; i++) {
-        int rc = mproc_buf_append(out, p + len - 1 - i, 1);
-        if (rc)
-            return rc;
-    }
-    return 0;
 }
 
 static int t_mul(mproc_value *const *args, size_t nargs, mproc_value **out)
