@@ -194,9 +194,13 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
 /* Queue waits are bounded so an orphaned worker notices its parent is gone. */
 static int wk_put(wk *w, const void *p, size_t n)
 {
-    int rc = mproc_queue_put(w->rq, p, n, 0); /* the usual case, without a clock read */
-    if (rc != MPROC_ETIMEDOUT)
-        return rc;
+    int rc = MPROC_ETIMEDOUT;
+    if (n <= (64u << 10)) { /* the usual case, without a clock read (a large one
+                               could stream part way and then be aborted) */
+        rc = mproc_queue_put(w->rq, p, n, 0);
+        if (rc != MPROC_ETIMEDOUT)
+            return rc;
+    }
     for (;;) {
         rc = mproc_queue_put(w->rq, p, n, 1.0);
         if (rc != MPROC_ETIMEDOUT)
