@@ -166,6 +166,7 @@ struct mproc_pool {
     char *broken_msg;
     int ready_count, init_err;
     unsigned unblamed; /* deaths in a row with work held but no task running */
+    unsigned notready; /* deaths before ready since a worker last got ready */
     char init_msg[POOL_MSG_MAX + 64];
     double kill_at;
     bool killed;
@@ -1091,11 +1092,17 @@ static void handle_death(mproc_pool *p, worker *w)
     }
     /* Workers that keep dying with units queued but no task running die of
      * something no retry will fix: stop rather than restart them forever. */
-    if (had_work || !was_ready)
+    if (had_work)
         p->unblamed = blamed ? 0 : p->unblamed + 1;
-    if (p->unblamed >= 5 && p->state < ST_TERMINATING) {
+    /* Replacements that keep dying before they get ready (an initializer
+     * that crashes) would restart forever, even in an idle pool; a worker
+     * getting ready anywhere resets the count, so outside kills do not add up. */
+    if (!was_ready)
+        p->notready++;
+    if ((p->unblamed >= 5 || p->notready >= 5) && p->state < ST_TERMINATING) {
         char m[POOL_MSG_MAX + 64];
-        snprintf(m, sizeof m, "pool: workers keep dying outside tasks (last: %s)", msg);
+        snprintf(m, sizeof m, "pool: workers keep dying %s (last: %s)",
+                 p->notready >= 5 ? "before they are ready" : "outside tasks", msg);
         break_pool(p, m);
     }
     if (p->state >= ST_TERMINATING || p->broken)
@@ -1249,6 +1256,7 @@ static void on_init(mproc_pool *p, const pr_head *h, const uint8_t *body, size_t
     if (h->code == 0) {
         w->ready = true;
         p->ready_count++;
+        p->notready = 0;
         pthread_cond_broadcast(&p->cv);
         return;
     }
