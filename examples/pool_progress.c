@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <mproc.h>
 
@@ -47,8 +48,17 @@ static void draw_bar(size_t done, size_t total, void *ud)
     (void)ud;
     const int width = 40;
     int filled = (int)(done * width / total);
+    int pct = (int)(done * 100 / total);
+    if (!isatty(STDERR_FILENO)) { /* a log, not a terminal: a line per quarter */
+        static int last = -1;
+        if (pct / 25 != last) {
+            last = pct / 25;
+            fprintf(stderr, "progress: %3d%% %zu/%zu\n", pct, done, total);
+        }
+        return;
+    }
     fprintf(stderr, "\r[%.*s%*s] %3d%% %zu/%zu", filled, "########################################",
-            width - filled, "", (int)(done * 100 / total), done, total);
+            width - filled, "", pct, done, total);
 }
 
 /* The check: which of BASE..BASE+N-1 a segmented sieve of Eratosthenes leaves. */

@@ -1446,6 +1446,13 @@ static void *results_main(void *arg)
         run_events(p);
         if (finish)
             break;
+        if (cap > (64u << 20)) { /* do not keep a huge result's buffer */
+            uint8_t *nb = realloc(buf, 65536);
+            if (nb) {
+                buf = nb;
+                cap = 65536;
+            }
+        }
     }
     free(buf);
     wake_watcher(p);
