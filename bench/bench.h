@@ -2,8 +2,10 @@
 #ifndef MPROC_BENCH_H
 #define MPROC_BENCH_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <mproc/core.h>
@@ -45,6 +47,27 @@ static inline double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Run a Python anchor (`cmd`), which prints "key value" lines, and store the
+ * value of keys[i] in vals[i]. true when it exited 0 and printed every key. */
+static inline bool bench_python_keys(const char *cmd, const char *const *keys, double *vals,
+                                     size_t n)
+{
+    fflush(NULL);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return false;
+    char key[64];
+    double v;
+    size_t got = 0;
+    while (fscanf(f, "%63s %lf", key, &v) == 2)
+        for (size_t i = 0; i < n; i++)
+            if (!strcmp(key, keys[i])) {
+                vals[i] = v;
+                got++;
+            }
+    return pclose(f) == 0 && got == n;
 }
 
 #endif

@@ -181,22 +181,8 @@ static py_results run_python(const char *python, long rt, long small, long big)
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s %s/connection.py --rt %ld --small %ld --big %ld", python,
              MPROC_BENCH_PYDIR, rt, small, big);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return r;
-    char key[64];
-    double v;
-    int got = 0;
-    while (fscanf(f, "%63s %lf", key, &v) == 2) {
-        for (int w = 0; w < NW; w++) {
-            static const char *keys[NW] = {"rt_us", "small_us", "big_us"};
-            if (!strcmp(key, keys[w])) {
-                r.us[w] = v;
-                got++;
-            }
-        }
-    }
-    r.ok = pclose(f) == 0 && got == NW;
+    static const char *const keys[NW] = {"rt_us", "small_us", "big_us"};
+    r.ok = bench_python_keys(cmd, keys, r.us, NW);
     return r;
 }
 

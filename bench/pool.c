@@ -68,7 +68,7 @@ static const long wcount[NW] = {1000000, 1000000, 1000000, 100000, 100000, 10000
 /* The Python figure each row compares with (the two map rows share one). */
 enum { P_MAP, P_IMAPU, P_APPLY, P_EXEC, NP };
 static const int wpy[NW] = {P_MAP, P_MAP, P_MAP, P_IMAPU, P_APPLY, P_EXEC};
-static const char *pykeys[NP] = {"map_ips", "imapu_tps", "apply_tps", "exec_tps"};
+static const char *const pykeys[NP] = {"map_ips", "imapu_tps", "apply_tps", "exec_tps"};
 static const char *pyname[NP] = {"Pool.map", "Pool.imap_unordered", "Pool.apply_async",
                                  "ProcessPoolExecutor"};
 
@@ -291,20 +291,7 @@ static py_results run_python(const char *python, const long *n, int rounds)
     snprintf(cmd, sizeof cmd,
              "%s %s/pool.py --map %ld --imap %ld --apply %ld --executor %ld --rounds %d", python,
              MPROC_BENCH_PYDIR, r.n[P_MAP], r.n[P_IMAPU], r.n[P_APPLY], r.n[P_EXEC], rounds);
-    fflush(NULL);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return r;
-    char key[64];
-    double v;
-    int got = 0;
-    while (fscanf(f, "%63s %lf", key, &v) == 2)
-        for (int p = 0; p < NP; p++)
-            if (!strcmp(key, pykeys[p])) {
-                r.rate[p] = v;
-                got++;
-            }
-    r.ok = pclose(f) == 0 && got == NP;
+    r.ok = bench_python_keys(cmd, pykeys, r.rate, NP);
     return r;
 }
 

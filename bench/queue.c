@@ -892,26 +892,12 @@ static py_results run_python(const char *python, double scale, int rounds, int b
              "%s %s/queue.py --small %ld --medium %ld --big %ld --mpmc %ld --rt %ld "
              "--batches %d --rounds %d",
              python, MPROC_BENCH_PYDIR, c[W_64], c[W_4K], c[W_1M], c[W_MPMC], rt, batches, rounds);
-    fflush(NULL);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return r;
-    static const char *keys[NW] = {"t64_mps", "t4k_mps", "t1m_mps", "mpmc_mps"};
-    char key[64];
-    double v;
-    int got = 0;
-    while (fscanf(f, "%63s %lf", key, &v) == 2) {
-        for (int w = 0; w < NW; w++)
-            if (!strcmp(key, keys[w])) {
-                r.mps[w] = v;
-                got++;
-            }
-        if (!strcmp(key, "rt_us")) {
-            r.rt_us = v;
-            got++;
-        }
-    }
-    r.ok = pclose(f) == 0 && got == NW + 1;
+    static const char *const keys[NW + 1] = {"t64_mps", "t4k_mps", "t1m_mps", "mpmc_mps", "rt_us"};
+    double v[NW + 1] = {0};
+    r.ok = bench_python_keys(cmd, keys, v, NW + 1);
+    for (int w = 0; w < NW; w++)
+        r.mps[w] = v[w];
+    r.rt_us = v[NW];
     return r;
 }
 

@@ -202,24 +202,13 @@ static py_results run_python(const char *python, long iters, long adds)
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s %s/sync.py --iters %ld --adds %ld", python, MPROC_BENCH_PYDIR,
              iters, adds);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return r;
-    char key[64];
-    double val;
-    int got = 0;
-    while (fscanf(f, "%63s %lf", key, &val) == 2) {
-        got++;
-        if (!strcmp(key, "lock_ns"))
-            r.lock_ns = val;
-        else if (!strcmp(key, "rlock_ns"))
-            r.rlock_ns = val;
-        else if (!strcmp(key, "sem_ns"))
-            r.sem_ns = val;
-        else if (!strcmp(key, "value_s"))
-            r.value_s = val;
-    }
-    r.ok = pclose(f) == 0 && got == 4;
+    static const char *const keys[4] = {"lock_ns", "rlock_ns", "sem_ns", "value_s"};
+    double v[4] = {0};
+    r.ok = bench_python_keys(cmd, keys, v, 4);
+    r.lock_ns = v[0];
+    r.rlock_ns = v[1];
+    r.sem_ns = v[2];
+    r.value_s = v[3];
     return r;
 }
 
