@@ -47,7 +47,7 @@ typedef struct mproc_result call;
 typedef struct unit unit;
 
 struct unit {
-    unit *next, *prev;
+    unit *next; /* units are held in singly linked FIFOs */
     call *c;
     uint64_t id;
     size_t lo, n;
@@ -65,7 +65,6 @@ struct mproc_result {
     size_t n, chunksize;
     mproc_call_opts o;
     pool_hooks hooks;
-    bool single;     /* hooks: result is item 0's output */
     bool keep_going; /* a failed item becomes an error value in the list (executor
                         map chunks), so one failure does not end the call */
     /* inputs: records {u32 len, bytes}; offs[i] is item i's record */
@@ -703,24 +702,13 @@ static bool can_take(const mproc_pool *p, const worker *w, unsigned lim)
            w->ninflight < lim && (p->o.maxtasksperchild == 0 || w->assigned < p->o.maxtasksperchild);
 }
 
-static void retry_push(mproc_pool *p, unit *u, bool front)
+/* Put a unit that could not be sent back at the front of the re-send list. */
+static void retry_push_front(mproc_pool *p, unit *u)
 {
-    u->next = u->prev = NULL;
-    if (front) {
-        u->next = p->rhead;
-        if (p->rhead)
-            p->rhead->prev = u;
-        else
-            p->rtail = u;
-        p->rhead = u;
-    } else {
-        u->prev = p->rtail;
-        if (p->rtail)
-            p->rtail->next = u;
-        else
-            p->rhead = u;
+    u->next = p->rhead;
+    if (!p->rhead)
         p->rtail = u;
-    }
+    p->rhead = u;
 }
 
 static unit *unit_new(mproc_pool *p, call *c, size_t lo, size_t n)
@@ -750,11 +738,9 @@ static unit *next_unit(mproc_pool *p)
     while (p->rhead) {
         unit *u = p->rhead;
         p->rhead = u->next;
-        if (p->rhead)
-            p->rhead->prev = NULL;
-        else
+        if (!p->rhead)
             p->rtail = NULL;
-        u->next = u->prev = NULL;
+        u->next = NULL;
         if (u->c->resolved || u->c->failed_all) {
             unit_drop(p, u); /* its call ended: nobody wants these items */
             continue;
@@ -839,7 +825,6 @@ static int send_unit(mproc_pool *p, worker *w, unit *u)
     rc = mproc_queue_put_nowait(w->tq, p->scratch, sizeof m + extra);
     if (rc)
         return rc;
-    u->prev = w->tail;
     u->next = NULL;
     if (w->tail)
         w->tail->next = u;
@@ -872,7 +857,7 @@ static void dispatch(mproc_pool *p)
             return;
         if (send_unit(p, best, u) != 0) {
             best->full = true;
-            retry_push(p, u, true);
+            retry_push_front(p, u);
             continue;
         }
         p->rr++;
@@ -1081,14 +1066,9 @@ static void handle_death(mproc_pool *p, worker *w)
     w->ninflight = 0;
     if (back) {
         back_tail->next = p->rhead;
-        if (p->rhead)
-            p->rhead->prev = back_tail;
-        else
+        if (!p->rhead)
             p->rtail = back_tail;
         p->rhead = back;
-        for (unit *u = back; u->next; u = u->next)
-            u->next->prev = u;
-        back->prev = NULL;
     }
     /* Workers that keep dying with units queued but no task running die of
      * something no retry will fix: stop rather than restart them forever. */
@@ -1180,9 +1160,7 @@ static void on_result(mproc_pool *p, const pr_head *h, const uint8_t *body, size
         return;
     }
     w->head = u->next;
-    if (w->head)
-        w->head->prev = NULL;
-    else
+    if (!w->head)
         w->tail = NULL;
     w->ninflight--;
     p->unblamed = 0;
@@ -1889,7 +1867,6 @@ static int start_call(mproc_pool *p, int kind, mproc_task task, const mproc_valu
     }
     if (h)
         c->hooks = *h;
-    c->single = single;
     c->keep_going = h && !single;
     rc = encode_items(c, items, single);
     mproc_value_free(nil);
@@ -2253,9 +2230,7 @@ void mproc_result_free(mproc_result *c)
 
 /* ------------------------------------------------------------------ imap */
 
-int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, double timeout);
-
-int mproc__imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, double timeout)
+static int imap_next_pool(mproc_imap *it, mproc_value **out, size_t *index, double timeout)
 {
     call *c = it->c;
     mproc_deadline d = {0};
@@ -2319,7 +2294,7 @@ int mproc_imap_next(mproc_imap *it, mproc_value **out, size_t *index, double tim
     if (!it || !out)
         return mproc__fail(MPROC_EINVAL, "imap_next: NULL argument");
     *out = NULL;
-    return it->c ? mproc__imap_next_pool(it, out, index, timeout)
+    return it->c ? imap_next_pool(it, out, index, timeout)
                  : mproc__imap_next_futures(it, out, index, timeout);
 }
 

@@ -41,7 +41,7 @@ typedef struct wk {
     size_t nfns;
     uint8_t *msg;
     size_t msg_cap;
-    mproc_buf res, out, enc;
+    mproc_buf res, out;
 } wk;
 
 /* Before a task runs: a clean message slate. */
@@ -342,8 +342,10 @@ static int run_init(wk *w, mproc_args *a)
     mproc_reader r = {ref, (const uint8_t *)ref + rlen};
     void *fn;
     int rc = mproc__modref_get(&r, &fn);
-    if (rc)
-        return send_init(w, rc, mproc_errmsg()) ? rc : rc;
+    if (rc) {
+        send_init(w, rc, mproc_errmsg()); /* the worker stops either way */
+        return rc;
+    }
     mproc_args view = {a->v + 8, a->n - 8, a->n - 8};
     char ebuf[POOL_MSG_MAX];
     task_begin();
@@ -405,7 +407,6 @@ int mproc__pool_worker_main(mproc_args *a)
     free(w.fn_err);
     mproc__buf_free(&w.res);
     mproc__buf_free(&w.out);
-    mproc__buf_free(&w.enc);
     /* ECLOSED is the normal end (close: the task queue was shut down). */
     return rc == 0 || rc == MPROC_ECLOSED ? 0 : 72;
 }
