@@ -12,5 +12,6 @@
 #include "mproc/queue.h"
 #include "mproc/pool.h"
 #include "mproc/futures.h"
+#include "mproc/manager.h"
 
 #endif
