@@ -422,13 +422,9 @@ MTEST(test_msgpack_rejects_hostile_input)
     CHECK_EQ(mp_fails("dbffffffff61", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("c6ffffffff", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("dc0003c0c0", NULL), MPROC_EPROTO);
-    /* invalid UTF-8, ext types, the never-used byte, array as a key */
+    /* invalid UTF-8, the never-used byte, array as a key (ext: see test_msgpack_ext_*) */
     CHECK_EQ(mp_fails("a2c328", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("a3eda080", NULL), MPROC_EPROTO);
-    CHECK_EQ(mp_fails("d40100", NULL), MPROC_EPROTO);
-    CHECK(strstr(mproc_errmsg(), "ext"));
-    CHECK_EQ(mp_fails("d6ff00000000", NULL), MPROC_EPROTO); /* timestamp */
-    CHECK_EQ(mp_fails("c7010100", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("c1", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("8190c0", NULL), MPROC_EPROTO);
     CHECK_EQ(mp_fails("8180c0", NULL), MPROC_EPROTO);
@@ -457,6 +453,470 @@ MTEST(test_msgpack_rejects_hostile_input)
     mproc_value_free(got);
     free(deep);
 }
+
+
+/* ------------------------------------------------------------ ext values */
+
+static V *X(int8_t code, const char *p, size_t n) { return mproc_value_ext(code, p, n); }
+
+MTEST(test_value_ext_builds_copies_compares_prints_and_keys_a_map)
+{
+    V *x = X(77, "ab\0", 3);
+    CHECK(x);
+    CHECK_EQ(mproc_value_type(x), MPROC_V_EXT);
+    CHECK_EQ(mproc_value_ext_type(x), 77);
+    size_t n = 0;
+    CHECK(memcmp(mproc_value_as_bytes(x, &n), "ab\0", 3) == 0 && n == 3);
+    CHECK_EQ(mproc_value_len(x), 3);
+    CHECK(mproc_value_as_str(x, NULL) == NULL);
+    check_repr(x, "ext(77, b'ab\\x00')");
+    V *c = mproc_value_copy(x);
+    CHECK(c && c != x);
+    check_equal(c, x, "ext copy");
+    V *other_code = X(78, "ab\0", 3), *other_bytes = X(77, "ab", 2), *bytes = B("ab\0", 3);
+    CHECK(!mproc_value_equal(x, other_code));
+    CHECK(!mproc_value_equal(x, other_bytes));
+    CHECK(!mproc_value_equal(x, bytes)); /* types must match */
+    /* a key: found by type code and bytes, distinct from equal bytes */
+    V *m = M(3, mproc_value_copy(x), I(1), mproc_value_copy(other_code), I(2),
+             mproc_value_copy(bytes), I(3));
+    CHECK_EQ(mproc_value_len(m), 3);
+    CHECK_EQ(mproc_value_as_int(mproc_value_map_find(m, x)), 1);
+    CHECK_EQ(mproc_value_as_int(mproc_value_map_find(m, other_code)), 2);
+    CHECK(mproc_value_map_find(m, other_bytes) == NULL);
+    for (int i = 0; i < 50; i++) /* past 8 entries: through the hash index */
+        CHECK_OK(mproc_value_map_set(m, X((int8_t)i, "k", 1), I(100 + i)));
+    CHECK_EQ(mproc_value_as_int(mproc_value_map_find(m, x)), 1);
+    V *k = X(-7, "k", 1);
+    CHECK(mproc_value_map_find(m, k) == NULL);
+    mproc_value_free(k);
+    k = X(42, "k", 1);
+    CHECK_EQ(mproc_value_as_int(mproc_value_map_find(m, k)), 142);
+    mproc_value_free(k);
+    check_repr(mproc_value_key_at(m, 0), "ext(77, b'ab\\x00')");
+    mproc_value_free(m);
+
+    V *empty = X(-1, NULL, 0);
+    CHECK(empty && mproc_value_len(empty) == 0 && mproc_value_ext_type(empty) == -1);
+    check_repr(empty, "ext(-1, b'')");
+    CHECK(mproc_value_ext(1, NULL, 1) == NULL);
+    CHECK_EQ(mproc_value_ext_type(bytes), INT_MIN);
+    CHECK_EQ(mproc_value_ext_type(NULL), INT_MIN);
+    /* no pickle form */
+    mproc_buf out = {0};
+    V *l = L(1, mproc_value_copy(x));
+    CHECK_EQ(mproc_pickle_encode(l, 4, &out), MPROC_EINVAL);
+    CHECK(strstr(mproc_errmsg(), "ext"));
+    CHECK_EQ(out.len, 0);
+    free(out.data);
+    mproc_value_free(l);
+    mproc_value_free(empty);
+    mproc_value_free(other_code);
+    mproc_value_free(other_bytes);
+    mproc_value_free(bytes);
+    mproc_value_free(c);
+    mproc_value_free(x);
+}
+
+MTEST(test_msgpack_ext_encodes_every_size_form_and_decodes_hand_written_bytes)
+{
+    /* msgpack-c picks fixext for 1/2/4/8/16 bytes, ext8/16/32 otherwise */
+    mp_vector(X(1, "\x00", 1), "d40100");
+    mp_vector(X(2, "ab", 2), "d5026162");
+    mp_vector(X(-1, "\0\0\0\0", 4), "d6ff00000000"); /* a timestamp, not interpreted */
+    mp_vector(X(77, "01234567", 8), "d74d3031323334353637");
+    mp_vector(X(127, "0123456789abcdef", 16), "d87f30313233343536373839616263646566");
+    mp_vector(X(-128, "", 0), "c70080");
+    mp_vector(X(5, "abc", 3), "c70305616263");
+    mp_vector(L(2, X(77, "\x00\x00\x00\x00\x00\x00\x00\x01" "dict", 12), I(1)),
+              "92c70c4d000000000000000164696374" "01");
+    mp_vector(M(1, X(3, "k", 1), S("v")), "81d403" "6b" "a176");
+    /* longer forms decode too */
+    mp_decodes("c8000105" "41", X(5, "A", 1));
+    mp_decodes("c90000000105" "41", X(5, "A", 1));
+    mp_decodes("c7020742" "43", X(7, "BC", 2));
+    /* 300 and 70000 bytes: ext16 and ext32 round trips */
+    size_t sizes[] = {300, 70000};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = malloc(sizes[i]);
+        for (size_t j = 0; j < sizes[i]; j++)
+            p[j] = (char)(j * 7);
+        V *v = X(9, p, sizes[i]);
+        mproc_buf out = {0};
+        CHECK_OK(mproc_msgpack_encode(v, &out));
+        CHECK_EQ(out.data[0], i == 0 ? 0xc8 : 0xc9);
+        V *back = NULL;
+        CHECK_OK(mproc_msgpack_decode(out.data, out.len, NULL, &back));
+        check_equal(back, v, "ext round trip");
+        mproc_value_free(back);
+        /* the payload counts against max_bytes */
+        mproc_decode_limits lim = {.max_bytes = sizes[i] - 1};
+        CHECK_EQ(mproc_msgpack_decode(out.data, out.len, &lim, &back), MPROC_EMSGSIZE);
+        /* truncated at every offset */
+        for (size_t k = 0; k < out.len; k += (k < 8 ? 1 : 97))
+            CHECK_EQ(mproc_msgpack_decode(out.data, k, NULL, &back), MPROC_EPROTO);
+        free(out.data);
+        free(p);
+        mproc_value_free(v);
+    }
+    CHECK_EQ(mp_fails("d401", NULL), MPROC_EPROTO);   /* type code, no data */
+    CHECK_EQ(mp_fails("d4", NULL), MPROC_EPROTO);     /* no type code */
+    CHECK_EQ(mp_fails("c70201", NULL), MPROC_EPROTO); /* ext8 of 2, none there */
+    CHECK(strstr(mproc_errmsg(), "ext"));
+    CHECK_EQ(mp_fails("c9ffffffff01", NULL), MPROC_EPROTO); /* huge length */
+    CHECK_EQ(mp_fails("c7", NULL), MPROC_EPROTO);
+    mproc_decode_limits lim = {.max_bytes = 3};
+    CHECK_EQ(mp_fails("92d50161" "62d5016364", &lim), MPROC_EMSGSIZE); /* 2 + 2 > 3 */
+}
+
+/* ------------------------------------------------------------ map and list edits */
+
+static void check_map_ints(const V *m, const int *keys, size_t n)
+{
+    CHECK_EQ(mproc_value_len(m), n);
+    for (size_t i = 0; i < n; i++) {
+        CHECK_EQ(mproc_value_as_int(mproc_value_key_at(m, i)), keys[i]);
+        CHECK_EQ(mproc_value_as_int(mproc_value_at(m, i)), -keys[i]);
+        V *k = I(keys[i]);
+        CHECK_EQ(mproc_value_as_int(mproc_value_map_find(m, k)), -keys[i]);
+        mproc_value_free(k);
+    }
+}
+
+MTEST(test_value_map_find_take_del_put_keep_order_and_index)
+{
+    V *m = M(3, S("a"), I(1), S("b"), L(1, L(0)), S("c"), I(3));
+    V *k = S("b");
+    CHECK(mproc_value_map_find(m, k) == mproc_value_at(m, 1)); /* borrowed */
+    V *got = mproc_value_map_take(m, k);
+    check_repr(got, "[[]]");
+    mproc_value_free(got);
+    check_repr(m, "{'a': 1, 'c': 3}");
+    CHECK(mproc_value_map_take(m, k) == NULL);
+    CHECK_EQ(mproc_value_map_del(m, k), MPROC_ENOENT);
+    mproc_value_free(k);
+    k = mproc_value_float(1.0);
+    CHECK(mproc_value_map_find(m, k) == NULL);
+    mproc_value_free(k);
+    k = S("a");
+    CHECK_OK(mproc_value_map_del(m, k));
+    check_repr(m, "{'c': 3}");
+    CHECK_EQ(mproc_value_map_del(m, NULL), MPROC_EINVAL);
+    CHECK_EQ(mproc_value_map_del(k, k), MPROC_EINVAL); /* not a map */
+    CHECK(mproc_value_map_take(k, k) == NULL && mproc_value_map_find(k, k) == NULL);
+    /* put: the replaced value comes back, order kept; a new key gives NULL */
+    V *old = (V *)1;
+    CHECK_OK(mproc_value_map_put(m, S("c"), S("three"), &old));
+    check_repr(old, "3");
+    mproc_value_free(old);
+    old = (V *)1;
+    CHECK_OK(mproc_value_map_put(m, mproc_value_copy(k), I(1), &old));
+    CHECK(old == NULL);
+    CHECK_OK(mproc_value_map_put(m, S("a"), I(2), NULL));
+    check_repr(m, "{'c': 'three', 'a': 2}");
+    old = (V *)1;
+    CHECK_EQ(mproc_value_map_put(m, L(0), I(1), &old), MPROC_EINVAL);
+    CHECK(old == NULL);
+    CHECK_EQ(mproc_value_map_put(k, S("x"), I(1), &old), MPROC_EINVAL);
+    mproc_value_free(k);
+    mproc_value_free(m);
+
+    /* a big map under random deletes and inserts against a model */
+    m = mproc_value_map();
+    enum { N = 3000 };
+    static int keys[2 * N];
+    size_t n = 0;
+    int next = 0;
+    uint64_t r = 12345;
+    for (int round = 0; round < 8000; round++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        unsigned pick = (unsigned)(r >> 33);
+        if (n < 20 || pick % 3) {
+            CHECK_OK(mproc_value_map_set(m, I(next), I(-next)));
+            keys[n++] = next++;
+        } else {
+            size_t at = pick % 7 == 0 ? n - 1 : (pick / 7) % n; /* the last one, often */
+            V *key = I(keys[at]);
+            got = mproc_value_map_take(m, key);
+            CHECK(got && mproc_value_as_int(got) == -keys[at]);
+            mproc_value_free(got);
+            CHECK(mproc_value_map_find(m, key) == NULL);
+            mproc_value_free(key);
+            memmove(keys + at, keys + at + 1, (n - at - 1) * sizeof *keys);
+            n--;
+        }
+        if (round % 500 == 0)
+            check_map_ints(m, keys, n);
+    }
+    check_map_ints(m, keys, n);
+    /* empty it from the front, then refill: the index survives */
+    while (n) {
+        V *key = I(keys[0]);
+        CHECK_OK(mproc_value_map_del(m, key));
+        mproc_value_free(key);
+        memmove(keys, keys + 1, --n * sizeof *keys);
+        if (n % 211 == 0)
+            check_map_ints(m, keys, n);
+    }
+    for (int i = 0; i < 100; i++) {
+        CHECK_OK(mproc_value_map_set(m, I(i), I(-i)));
+        keys[n++] = i;
+    }
+    check_map_ints(m, keys, n);
+    mproc_value_free(m);
+}
+
+MTEST(test_value_list_insert_take_replace_reverse)
+{
+    V *l = L(0);
+    CHECK_OK(mproc_value_insert(l, 0, I(2)));
+    CHECK_OK(mproc_value_insert(l, 0, I(0)));
+    CHECK_OK(mproc_value_insert(l, 1, I(1)));
+    CHECK_OK(mproc_value_insert(l, 99, I(3))); /* past the end: append */
+    CHECK_OK(mproc_value_insert(l, 4, I(4)));
+    check_repr(l, "[0, 1, 2, 3, 4]");
+    CHECK_EQ(mproc_value_insert(l, 0, l), MPROC_EINVAL); /* itself: refused, not freed */
+    CHECK_EQ(mproc_value_insert(l, 0, NULL), MPROC_EINVAL);
+    V *five = I(5);
+    CHECK_EQ(mproc_value_insert(five, 0, I(6)), MPROC_EINVAL); /* the item is freed */
+    V *got = mproc_value_take_at(l, 1);
+    CHECK_EQ(mproc_value_as_int(got), 1);
+    mproc_value_free(got);
+    got = mproc_value_take_at(l, 3);
+    CHECK_EQ(mproc_value_as_int(got), 4);
+    mproc_value_free(got);
+    CHECK(mproc_value_take_at(l, 3) == NULL);
+    CHECK(mproc_value_take_at(five, 0) == NULL);
+    check_repr(l, "[0, 2, 3]");
+    got = mproc_value_replace_at(l, 2, S("three"));
+    CHECK_EQ(mproc_value_as_int(got), 3);
+    mproc_value_free(got);
+    CHECK(mproc_value_replace_at(l, 3, S("x")) == NULL); /* out of range: item freed */
+    CHECK(mproc_value_replace_at(five, 0, S("x")) == NULL);
+    CHECK(mproc_value_replace_at(l, 0, l) == NULL);
+    check_repr(l, "[0, 2, 'three']");
+    CHECK_OK(mproc_value_reverse(l));
+    check_repr(l, "['three', 2, 0]");
+    CHECK_EQ(mproc_value_reverse(five), MPROC_EINVAL);
+    mproc_value_free(five);
+    /* even and odd lengths, empty */
+    V *e = L(0);
+    CHECK_OK(mproc_value_reverse(e));
+    CHECK_OK(mproc_value_append(e, I(1)));
+    CHECK_OK(mproc_value_reverse(e));
+    CHECK_OK(mproc_value_append(e, I(2)));
+    CHECK_OK(mproc_value_reverse(e));
+    check_repr(e, "[2, 1]");
+    mproc_value_free(e);
+    mproc_value_free(l);
+
+    /* a taken subtree is the caller's, intact */
+    V *outer = L(2, I(1), L(1, L(1, L(1, L(0)))));
+    got = mproc_value_take_at(outer, 1);
+    check_repr(got, "[[[[]]]]");
+    mproc_value_free(got);
+    CHECK_OK(mproc_value_insert(outer, 0, L(0)));
+    check_repr(outer, "[[], 1]");
+    mproc_value_free(outer);
+}
+
+static int cmp_of(V *a, V *b)
+{
+    int c = 99;
+    CHECK_OK(mproc_value_compare(a, b, &c));
+    int back = 99;
+    CHECK_OK(mproc_value_compare(b, a, &back));
+    CHECK(back == -c);
+    mproc_value_free(a);
+    mproc_value_free(b);
+    return c;
+}
+
+static void cmp_fails(V *a, V *b, const char *msg)
+{
+    int c = 99;
+    CHECK_EQ(mproc_value_compare(a, b, &c), MPROC_EINVAL);
+    CHECK(c == 99);
+    if (msg && strcmp(mproc_errmsg(), msg) != 0) {
+        fprintf(stderr, "message: %s\n   want: %s\n", mproc_errmsg(), msg);
+        _exit(1);
+    }
+    mproc_value_free(a);
+    mproc_value_free(b);
+}
+
+#define F mproc_value_float
+#define T mproc_value_bool
+
+MTEST(test_value_compare_is_pythons_ordering)
+{
+    /* numbers across int, float and bool, exactly */
+    CHECK_EQ(cmp_of(I(1), I(2)), -1);
+    CHECK_EQ(cmp_of(I(INT64_MIN), I(INT64_MAX)), -1);
+    CHECK_EQ(cmp_of(I(1), F(1.0)), 0);
+    CHECK_EQ(cmp_of(T(true), I(1)), 0);
+    CHECK_EQ(cmp_of(T(true), F(0.5)), 1);
+    CHECK_EQ(cmp_of(T(false), T(true)), -1);
+    CHECK_EQ(cmp_of(I(1), F(1.5)), -1);
+    CHECK_EQ(cmp_of(I(-1), F(-1.5)), 1);
+    CHECK_EQ(cmp_of(I(-2), F(-1.5)), -1);
+    CHECK_EQ(cmp_of(I(0), F(-0.0)), 0);
+    CHECK_EQ(cmp_of(I(INT64_MAX), F(0x1p63)), -1);   /* (double)INT64_MAX would be equal */
+    CHECK_EQ(cmp_of(I(INT64_MIN), F(-0x1p63)), 0);
+    CHECK_EQ(cmp_of(I(INT64_MIN + 1), F(-0x1p63)), 1);
+    CHECK_EQ(cmp_of(I((1LL << 53) + 1), F(0x1p53)), 1); /* not rounded to 2^53 */
+    CHECK_EQ(cmp_of(I(INT64_MAX), F(INFINITY)), -1);
+    CHECK_EQ(cmp_of(I(INT64_MIN), F(-INFINITY)), 1);
+    CHECK_EQ(cmp_of(F(1e300), F(INFINITY)), -1);
+    /* NaN: neither less nor greater */
+    CHECK_EQ(cmp_of(F(NAN), I(1)), 0);
+    CHECK_EQ(cmp_of(F(NAN), F(NAN)), 0);
+    /* str by code point, bytes bytewise */
+    CHECK_EQ(cmp_of(S("abc"), S("abd")), -1);
+    CHECK_EQ(cmp_of(S("ab"), S("abc")), -1);
+    CHECK_EQ(cmp_of(S(""), S("")), 0);
+    CHECK_EQ(cmp_of(S("\xc3\xa9"), S("z")), 1);                 /* U+00E9 > U+007A */
+    CHECK_EQ(cmp_of(S("\xef\xbf\xbf"), S("\xf0\x9f\x98\x80")), -1); /* U+FFFF < U+1F600 */
+    CHECK_EQ(cmp_of(mproc_value_strn("a\0", 2), S("a")), 1);
+    CHECK_EQ(cmp_of(B("\x80", 1), B("\x7f\xff", 2)), 1);
+    /* lists lexicographically, items tested for equality first */
+    CHECK_EQ(cmp_of(L(2, I(1), I(2)), L(2, I(1), I(3))), -1);
+    CHECK_EQ(cmp_of(L(1, I(1)), L(2, I(1), I(0))), -1);
+    CHECK_EQ(cmp_of(L(0), L(0)), 0);
+    CHECK_EQ(cmp_of(L(2, I(1), S("b")), L(2, F(1.0), S("a"))), 1);
+    CHECK_EQ(cmp_of(L(2, mproc_value_nil(), I(1)), L(2, mproc_value_nil(), I(2))), -1);
+    CHECK_EQ(cmp_of(L(2, M(1, I(1), I(1)), I(1)), L(2, M(1, I(1), I(1)), I(0))), 1);
+    CHECK_EQ(cmp_of(L(1, L(1, L(1, I(1)))), L(1, L(1, L(1, I(2))))), -1);
+    /* distinct NaNs are not equal, so they decide, as neither-less */
+    CHECK_EQ(cmp_of(L(2, F(NAN), I(1)), L(2, F(NAN), I(2))), 0);
+    /* what Python refuses */
+    cmp_fails(S("a"), I(1), "'<' not supported between instances of 'str' and 'int'");
+    cmp_fails(mproc_value_nil(), mproc_value_nil(),
+              "'<' not supported between instances of 'NoneType' and 'NoneType'");
+    cmp_fails(S("a"), B("a", 1), "'<' not supported between instances of 'str' and 'bytes'");
+    cmp_fails(M(0), M(0), "'<' not supported between instances of 'dict' and 'dict'");
+    cmp_fails(L(2, I(1), I(2)), L(2, I(1), S("x")),
+              "'<' not supported between instances of 'int' and 'str'");
+    cmp_fails(L(1, mproc_value_nil()), L(1, I(0)),
+              "'<' not supported between instances of 'NoneType' and 'int'");
+    cmp_fails(X(1, "a", 1), X(1, "b", 1),
+              "'<' not supported between instances of 'ExtType' and 'ExtType'");
+    cmp_fails(mproc_value_error("KeyError", "k"), I(1),
+              "'<' not supported between instances of 'KeyError' and 'int'");
+    cmp_fails(L(1, I(1)), I(1), "'<' not supported between instances of 'list' and 'int'");
+    int c;
+    CHECK_EQ(mproc_value_compare(NULL, NULL, &c), MPROC_EINVAL);
+    /* deep lists: refused past the nesting cap, not a stack overflow */
+    V *a = L(0), *b = L(0), *ca = a, *cb = b;
+    for (int i = 0; i < 20000; i++) {
+        V *x = L(0), *y = L(0);
+        CHECK_OK(mproc_value_append(ca, x));
+        CHECK_OK(mproc_value_append(cb, y));
+        ca = x;
+        cb = y;
+    }
+    CHECK_EQ(mproc_value_compare(a, b, &c), MPROC_EINVAL);
+    mproc_value_free(a);
+    mproc_value_free(b);
+}
+
+/* The stable reference: insertion sort by mproc_value_compare. */
+static void insertion_sort(V *l, bool reverse)
+{
+    size_t n = mproc_value_len(l);
+    for (size_t i = 1; i < n; i++) {
+        size_t j = i;
+        while (j > 0) {
+            int c;
+            CHECK_OK(mproc_value_compare(mproc_value_at(l, j), mproc_value_at(l, j - 1), &c));
+            if (reverse ? c <= 0 : c >= 0)
+                break;
+            V *x = mproc_value_take_at(l, j);
+            CHECK_OK(mproc_value_insert(l, j - 1, x));
+            j--;
+        }
+    }
+}
+
+MTEST(test_value_sort_is_stable_and_all_or_nothing)
+{
+    /* 1, 1.0 and True are equal: they keep their order, also reversed */
+    V *l = L(6, F(1.0), I(0), T(true), I(1), F(-0.5), I(2));
+    CHECK_OK(mproc_value_sort(l, false));
+    check_repr(l, "[-0.5, 0, 1.0, True, 1, 2]");
+    CHECK_OK(mproc_value_sort(l, true));
+    check_repr(l, "[2, 1.0, True, 1, 0, -0.5]");
+    mproc_value_free(l);
+    l = L(4, S("b"), S("a"), S("\xc3\xa9"), S("ab"));
+    CHECK_OK(mproc_value_sort(l, false));
+    check_repr(l, "['a', 'ab', 'b', '\xc3\xa9']");
+    mproc_value_free(l);
+    l = L(3, L(2, I(2), S("x")), L(1, I(1)), L(2, I(2), S("a")));
+    CHECK_OK(mproc_value_sort(l, false));
+    check_repr(l, "[[1], [2, 'a'], [2, 'x']]");
+    mproc_value_free(l);
+    /* nothing to compare: fine, as in Python */
+    l = L(1, mproc_value_nil());
+    CHECK_OK(mproc_value_sort(l, false));
+    mproc_value_free(l);
+    l = L(0);
+    CHECK_OK(mproc_value_sort(l, true));
+    mproc_value_free(l);
+    CHECK_EQ(mproc_value_sort(NULL, false), MPROC_EINVAL);
+    /* all or nothing */
+    l = L(6, I(5), I(3), I(4), S("a"), I(1), I(2));
+    V *before = mproc_value_copy(l);
+    CHECK_EQ(mproc_value_sort(l, false), MPROC_EINVAL);
+    CHECK(strstr(mproc_errmsg(), "not supported between instances of"));
+    check_equal(l, before, "list after a failed sort");
+    CHECK_EQ(mproc_value_sort(l, true), MPROC_EINVAL);
+    check_equal(l, before, "list after a failed reverse sort");
+    mproc_value_free(before);
+    mproc_value_free(l);
+    l = L(2, mproc_value_nil(), mproc_value_nil());
+    CHECK_EQ(mproc_value_sort(l, false), MPROC_EINVAL);
+    mproc_value_free(l);
+    /* NaNs do not break it */
+    l = L(5, F(3), F(NAN), F(1), F(NAN), F(2));
+    CHECK_OK(mproc_value_sort(l, false));
+    CHECK_EQ(mproc_value_len(l), 5);
+    mproc_value_free(l);
+    /* random lists of equal-valued ints, floats and bools against the stable reference */
+    uint64_t r = 99;
+    for (size_t n = 0; n < 300; n += 1 + n / 3) {
+        for (int rev = 0; rev < 2; rev++) {
+            l = L(0);
+            for (size_t i = 0; i < n; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                unsigned x = (unsigned)(r >> 33);
+                int k = (int)(x % 12);
+                CHECK_OK(mproc_value_append(l, x % 3 == 0   ? F(k)
+                                               : x % 3 == 1 ? I(k)
+                                                            : T(k % 2)));
+            }
+            V *want = mproc_value_copy(l);
+            insertion_sort(want, rev);
+            CHECK_OK(mproc_value_sort(l, rev));
+            check_equal(l, want, "merge sort vs stable insertion sort");
+            mproc_value_free(want);
+            mproc_value_free(l);
+        }
+    }
+    /* a large one is ordered */
+    l = L(0);
+    for (int i = 0; i < 100000; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        CHECK_OK(mproc_value_append(l, I((int64_t)(r >> 20))));
+    }
+    CHECK_OK(mproc_value_sort(l, false));
+    for (size_t i = 1; i < mproc_value_len(l); i++)
+        CHECK(mproc_value_as_int(mproc_value_at(l, i - 1)) <=
+              mproc_value_as_int(mproc_value_at(l, i)));
+    mproc_value_free(l);
+}
+
+#undef F
+#undef T
 
 /* ------------------------------------------------------------ pickle: Python -> C */
 
@@ -1021,6 +1481,12 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_msgpack_known_vectors),
         MTEST_ENTRY(test_msgpack_round_trips),
         MTEST_ENTRY(test_msgpack_rejects_hostile_input),
+        MTEST_ENTRY(test_value_ext_builds_copies_compares_prints_and_keys_a_map),
+        MTEST_ENTRY(test_msgpack_ext_encodes_every_size_form_and_decodes_hand_written_bytes),
+        MTEST_ENTRY(test_value_map_find_take_del_put_keep_order_and_index),
+        MTEST_ENTRY(test_value_list_insert_take_replace_reverse),
+        MTEST_ENTRY(test_value_compare_is_pythons_ordering),
+        MTEST_ENTRY(test_value_sort_is_stable_and_all_or_nothing),
         MTEST_ENTRY(test_pickle_decodes_what_python_pickles_protocols_0_to_5),
         MTEST_ENTRY(test_pickle_ints_beyond_int64_are_erange),
         MTEST_ENTRY(test_pickle_encodes_what_python_loads_protocols_4_and_5),

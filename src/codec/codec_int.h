@@ -34,8 +34,9 @@ struct mproc_value {
         int64_t i;
         double d;
         struct {
-            char *p; /* NUL-terminated (for STR; BYTES too, harmlessly) */
+            char *p; /* NUL-terminated (for STR; BYTES and EXT too, harmlessly) */
             size_t n;
+            int8_t ext; /* EXT: the type code */
         } s;
         struct {
             mproc_value **v;
@@ -58,7 +59,8 @@ struct mproc_value {
 };
 
 mproc_value *mproc__value_alloc(mproc_vtype t);
-/* A STR/BYTES node taking ownership of p (malloc'd, n bytes + room for NUL at p[n]). */
+/* A STR/BYTES/EXT node taking ownership of p (malloc'd, n bytes + room for
+ * NUL at p[n]); an EXT's code is set by the caller. */
 mproc_value *mproc__value_take_str(mproc_vtype t, char *p, size_t n);
 /* Strict UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
 bool mproc__utf8_valid(const uint8_t *p, size_t n);

@@ -1,5 +1,6 @@
 /* msgpack.c — MessagePack for mproc values. Encoding goes through msgpack-c's
- * packer; decoding is our own iterative, bounded parser (see docs/value.md). */
+ * packer; decoding is our own iterative, bounded parser (see docs/value.md).
+ * Ext types travel as EXT values, uninterpreted. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,12 @@ static int enc(msgpack_packer *pk, const mproc_value *v, unsigned depth)
             r = msgpack_pack_str(pk, v->u.s.n) || msgpack_pack_str_body(pk, v->u.s.p, v->u.s.n);
         else
             r = msgpack_pack_bin(pk, v->u.s.n) || msgpack_pack_bin_body(pk, v->u.s.p, v->u.s.n);
+        break;
+    case MPROC_V_EXT:
+        if (v->u.s.n > UINT32_MAX)
+            return mproc__fail(MPROC_EMSGSIZE, "msgpack: ext longer than 4 GiB");
+        r = msgpack_pack_ext(pk, v->u.s.n, v->u.s.ext) ||
+            msgpack_pack_ext_body(pk, v->u.s.p, v->u.s.n);
         break;
     case MPROC_V_ERROR: {
         size_t tl = strlen(v->u.e.type), ml = strlen(v->u.e.msg);
@@ -148,17 +155,26 @@ static int scalar(mproc_value *v, mproc_value **out)
 static int blob(dec *d, uint64_t n, mproc_vtype t, mproc_value **out)
 {
     const char *what = t == MPROC_V_STR ? "str" : "bin";
+    int8_t code = 0;
+    if (t == MPROC_V_EXT) { /* the type code precedes the payload */
+        what = "ext";
+        int rc = need(d, 1);
+        if (rc)
+            return rc;
+        code = (int8_t)*d->p++;
+    }
     if (n > (uint64_t)(d->end - d->p))
         return mproc__fail(MPROC_EPROTO, "msgpack: %s of %llu bytes is truncated", what,
                            (unsigned long long)n);
     if (n > d->lim.max_bytes - d->bytes)
-        return mproc__fail(MPROC_EMSGSIZE, "msgpack: more than %zu bytes of str/bin",
+        return mproc__fail(MPROC_EMSGSIZE, "msgpack: more than %zu bytes of str/bin/ext",
                            d->lim.max_bytes);
     d->bytes += n;
     if (t == MPROC_V_STR && !mproc__utf8_valid(d->p, n))
         return mproc__fail(MPROC_EPROTO, "msgpack: str is not valid UTF-8");
-    mproc_value *v = t == MPROC_V_STR ? mproc_value_strn((const char *)d->p, n)
-                                      : mproc_value_bytes(d->p, n);
+    mproc_value *v = t == MPROC_V_STR   ? mproc_value_strn((const char *)d->p, n)
+                     : t == MPROC_V_EXT ? mproc_value_ext(code, d->p, n)
+                                        : mproc_value_bytes(d->p, n);
     d->p += n;
     return scalar(v, out);
 }
@@ -273,9 +289,12 @@ static int item(dec *d, mproc_value **out)
             x |= ~(uint64_t)0 << (8 * n); /* sign-extend */
         return intval((int64_t)x, out);
     }
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-    case 0xc7: case 0xc8: case 0xc9:
-        return mproc__fail(MPROC_EPROTO, "msgpack: ext types are not supported (0x%02x)", c);
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext 1..16 */
+        return blob(d, (uint64_t)1 << (c - 0xd4), MPROC_V_EXT, out);
+    case 0xc7: case 0xc8: case 0xc9: /* ext 8/16/32 */
+        if ((rc = field(d, (size_t)1 << (c - 0xc7), &x)))
+            return rc;
+        return blob(d, x, MPROC_V_EXT, out);
     default:
         return mproc__fail(MPROC_EPROTO, "msgpack: invalid type byte 0x%02x", c);
     }

@@ -1286,6 +1286,9 @@ static int penc(mproc_buf *b, const mproc_value *v, unsigned depth)
                 return rc;
         }
         return 0;
+    case MPROC_V_EXT:
+        return mproc__fail(MPROC_EINVAL, "pickle: a MessagePack ext value (type %d) has no "
+                           "pickle form", v->u.s.ext);
     default:
         return mproc__fail(MPROC_EINVAL, "pickle: unknown value type %d", (int)v->type);
     }

@@ -1,5 +1,7 @@
 /* value.c — the dynamic value tree: builders, accessors, deep copy/equality/
  * free, and a Python-style repr. Maps keep insertion order with a hash index. */
+#include <assert.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -121,6 +123,16 @@ mproc_value *mproc_value_bytes(const void *p, size_t len)
     return new_blob(MPROC_V_BYTES, p, len);
 }
 
+mproc_value *mproc_value_ext(int8_t type, const void *p, size_t len)
+{
+    if (!p && len)
+        return NULL;
+    mproc_value *v = new_blob(MPROC_V_EXT, p, len);
+    if (v)
+        v->u.s.ext = type;
+    return v;
+}
+
 mproc_value *mproc_value_list(void) { return mproc__value_alloc(MPROC_V_LIST); }
 mproc_value *mproc_value_map(void) { return mproc__value_alloc(MPROC_V_MAP); }
 
@@ -151,13 +163,36 @@ static void grow_height(mproc_value *parent, const mproc_value *child)
         parent->height = child->height + 1;
 }
 
-int mproc_value_append(mproc_value *list, mproc_value *item)
+/* Height after `gone` left `parent`: only a child as high as the parent
+ * allows can lower it, so removing a scalar never costs a scan. */
+static void shrink_height(mproc_value *parent, const mproc_value *gone)
+{
+    if (gone->height + 1 < parent->height)
+        return;
+    uint32_t h = 1;
+    if (parent->type == MPROC_V_LIST) {
+        for (size_t i = 0; i < parent->u.l.n; i++)
+            if (parent->u.l.v[i]->height + 1 > h)
+                h = parent->u.l.v[i]->height + 1;
+    } else {
+        for (size_t i = 0; i < parent->u.m.n; i++) {
+            if (parent->u.m.e[i].key->height + 1 > h)
+                h = parent->u.m.e[i].key->height + 1;
+            if (parent->u.m.e[i].val->height + 1 > h)
+                h = parent->u.m.e[i].val->height + 1;
+        }
+    }
+    parent->height = h;
+}
+
+/* Checks shared by append and insert; frees `item` on failure. */
+static int list_room(mproc_value *list, mproc_value *item, const char *what)
 {
     if (!item || item == list) /* a list inside itself would be a cycle: never freed twice */
-        return mproc__fail(MPROC_EINVAL, "append: NULL item or the list itself");
+        return mproc__fail(MPROC_EINVAL, "%s: NULL item or the list itself", what);
     if (!list || list->type != MPROC_V_LIST) {
         mproc_value_free(item);
-        return mproc__fail(MPROC_EINVAL, "append: not a list");
+        return mproc__fail(MPROC_EINVAL, "%s: not a list", what);
     }
     if (list->u.l.n == list->u.l.cap) {
         size_t cap = list->u.l.cap ? list->u.l.cap * 2 : 4;
@@ -169,8 +204,69 @@ int mproc_value_append(mproc_value *list, mproc_value *item)
         list->u.l.v = v;
         list->u.l.cap = cap;
     }
+    return 0;
+}
+
+int mproc_value_append(mproc_value *list, mproc_value *item)
+{
+    int rc = list_room(list, item, "append");
+    if (rc)
+        return rc;
     list->u.l.v[list->u.l.n++] = item;
     grow_height(list, item);
+    return 0;
+}
+
+int mproc_value_insert(mproc_value *list, size_t i, mproc_value *item)
+{
+    int rc = list_room(list, item, "insert");
+    if (rc)
+        return rc;
+    size_t n = list->u.l.n;
+    if (i > n)
+        i = n;
+    memmove(list->u.l.v + i + 1, list->u.l.v + i, (n - i) * sizeof *list->u.l.v);
+    list->u.l.v[i] = item;
+    list->u.l.n = n + 1;
+    grow_height(list, item);
+    return 0;
+}
+
+mproc_value *mproc_value_take_at(mproc_value *list, size_t i)
+{
+    if (!list || list->type != MPROC_V_LIST || i >= list->u.l.n)
+        return NULL;
+    mproc_value *item = list->u.l.v[i];
+    size_t n = --list->u.l.n;
+    memmove(list->u.l.v + i, list->u.l.v + i + 1, (n - i) * sizeof *list->u.l.v);
+    shrink_height(list, item);
+    return item;
+}
+
+mproc_value *mproc_value_replace_at(mproc_value *list, size_t i, mproc_value *item)
+{
+    if (!item || item == list || !list || list->type != MPROC_V_LIST || i >= list->u.l.n) {
+        if (item != list)
+            mproc_value_free(item);
+        return NULL;
+    }
+    mproc_value *old = list->u.l.v[i];
+    list->u.l.v[i] = item;
+    shrink_height(list, old);
+    grow_height(list, item);
+    return old;
+}
+
+int mproc_value_reverse(mproc_value *list)
+{
+    if (!list || list->type != MPROC_V_LIST)
+        return mproc__fail(MPROC_EINVAL, "reverse: not a list");
+    mproc_value **v = list->u.l.v;
+    for (size_t i = 0, j = list->u.l.n; i + 1 < j; i++, j--) {
+        mproc_value *t = v[i];
+        v[i] = v[j - 1];
+        v[j - 1] = t;
+    }
     return 0;
 }
 
@@ -257,6 +353,8 @@ static uint64_t key_hash(const mproc_value *k)
     case MPROC_V_STR:
     case MPROC_V_BYTES:
         return siphash(salt, k->u.s.p, k->u.s.n);
+    case MPROC_V_EXT:
+        return siphash(salt ^ ((uint64_t)(uint8_t)k->u.s.ext << 8), k->u.s.p, k->u.s.n);
     default:
         return salt;
     }
@@ -376,6 +474,89 @@ int mproc_value_map_set(mproc_value *map, mproc_value *key, mproc_value *val)
     return rc;
 }
 
+int mproc_value_map_put(mproc_value *map, mproc_value *key, mproc_value *val, mproc_value **old)
+{
+    mproc_value *o, *old_key;
+    int rc = mproc__map_set(map, key, val, &old_key, &o);
+    mproc_value_free(old_key);
+    if (old)
+        *old = o;
+    else
+        mproc_value_free(o);
+    return rc;
+}
+
+mproc_value *mproc_value_map_find(const mproc_value *map, const mproc_value *key)
+{
+    if (!map || map->type != MPROC_V_MAP || !key)
+        return NULL;
+    size_t i = map_find(map, key);
+    return i == SIZE_MAX ? NULL : map->u.m.e[i].val;
+}
+
+/* Empty index slot s by Knuth's deletion for linear probing: later members
+ * of the probe run move back into the hole unless their home slot lies
+ * cyclically in (hole, here]. Keeps every key reachable without tombstones. */
+static void index_delete(mproc_value *m, size_t s)
+{
+    uint32_t *ix = m->u.m.index;
+    size_t mask = m->u.m.icap - 1, hole = s;
+    for (size_t j = (s + 1) & mask; ix[j]; j = (j + 1) & mask) {
+        size_t home = (size_t)key_hash(m->u.m.e[ix[j] - 1].key) & mask;
+        bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (stays)
+            continue;
+        ix[hole] = ix[j];
+        hole = j;
+    }
+    ix[hole] = 0;
+}
+
+/* Remove entry i: its key and value are the caller's to free. */
+static void map_remove_at(mproc_value *m, size_t i)
+{
+    size_t n = m->u.m.n;
+    if (m->u.m.icap) {
+        size_t mask = m->u.m.icap - 1, s = (size_t)key_hash(m->u.m.e[i].key) & mask;
+        while (m->u.m.index[s] != i + 1) {
+            assert(m->u.m.index[s]);
+            s = (s + 1) & mask;
+        }
+        index_delete(m, s);
+        if (i + 1 < n) /* the entries after i move down one place */
+            for (size_t k = 0; k < m->u.m.icap; k++)
+                if (m->u.m.index[k] > i + 1)
+                    m->u.m.index[k]--;
+    }
+    memmove(m->u.m.e + i, m->u.m.e + i + 1, (n - i - 1) * sizeof *m->u.m.e);
+    m->u.m.n = n - 1;
+}
+
+mproc_value *mproc_value_map_take(mproc_value *map, const mproc_value *key)
+{
+    if (!map || map->type != MPROC_V_MAP || !key)
+        return NULL;
+    size_t i = map_find(map, key);
+    if (i == SIZE_MAX)
+        return NULL;
+    mproc__entry e = map->u.m.e[i];
+    map_remove_at(map, i);
+    mproc_value_free(e.key);
+    shrink_height(map, e.val);
+    return e.val;
+}
+
+int mproc_value_map_del(mproc_value *map, const mproc_value *key)
+{
+    if (!map || map->type != MPROC_V_MAP || !key)
+        return mproc__fail(MPROC_EINVAL, "map_del: not a map, or a NULL key");
+    mproc_value *v = mproc_value_map_take(map, key);
+    if (!v)
+        return MPROC_ENOENT;
+    mproc_value_free(v);
+    return 0;
+}
+
 /* ------------------------------------------------------------ accessors */
 
 mproc_vtype mproc_value_type(const mproc_value *v) { return v ? v->type : MPROC_V_NIL; }
@@ -402,11 +583,16 @@ const char *mproc_value_as_str(const mproc_value *v, size_t *len)
 
 const void *mproc_value_as_bytes(const mproc_value *v, size_t *len)
 {
-    if (!v || v->type != MPROC_V_BYTES)
+    if (!v || (v->type != MPROC_V_BYTES && v->type != MPROC_V_EXT))
         return NULL;
     if (len)
         *len = v->u.s.n;
     return v->u.s.p;
+}
+
+int mproc_value_ext_type(const mproc_value *v)
+{
+    return v && v->type == MPROC_V_EXT ? v->u.s.ext : INT_MIN;
 }
 
 size_t mproc_value_len(const mproc_value *v)
@@ -420,6 +606,7 @@ size_t mproc_value_len(const mproc_value *v)
         return v->u.m.n;
     case MPROC_V_STR:
     case MPROC_V_BYTES:
+    case MPROC_V_EXT:
         return v->u.s.n;
     default:
         return 0;
@@ -469,6 +656,7 @@ static void free_node(mproc_value *v, void (*push)(void *ctx, mproc_value *c), v
     switch ((int)v->type) {
     case MPROC_V_STR:
     case MPROC_V_BYTES:
+    case MPROC_V_EXT:
         free(v->u.s.p);
         break;
     case MPROC_V_LIST:
@@ -557,6 +745,8 @@ static mproc_value *copy_rec(const mproc_value *v, copy_budget *budget, unsigned
     case MPROC_V_STR:
     case MPROC_V_BYTES:
         return new_blob(v->type, v->u.s.p, v->u.s.n);
+    case MPROC_V_EXT:
+        return mproc_value_ext(v->u.s.ext, v->u.s.p, v->u.s.n);
     case MPROC_V_ERROR:
         return mproc_value_error(v->u.e.type, v->u.e.msg);
     case MPROC__V_GLOBAL:
@@ -645,6 +835,10 @@ static bool equal_rec(const mproc_value *a, const mproc_value *b, unsigned depth
         return a->u.i == b->u.i;
     case MPROC_V_FLOAT:
         return a->u.d == b->u.d || (isnan(a->u.d) && isnan(b->u.d));
+    case MPROC_V_EXT:
+        if (a->u.s.ext != b->u.s.ext)
+            return false;
+        /* fall through */
     case MPROC_V_STR:
     case MPROC_V_BYTES:
         return a->u.s.n == b->u.s.n && memcmp(a->u.s.p, b->u.s.p, a->u.s.n) == 0;
@@ -671,6 +865,196 @@ static bool equal_rec(const mproc_value *a, const mproc_value *b, unsigned depth
 }
 
 bool mproc_value_equal(const mproc_value *a, const mproc_value *b) { return equal_rec(a, b, 0); }
+
+/* ------------------------------------------------------------ ordering */
+
+/* Outcome of one comparison: a < b, equal, a > b, or neither (NaN). */
+enum { ORD_LT = -1, ORD_EQ = 0, ORD_GT = 1, ORD_NONE = 2 };
+
+static bool numeric(const mproc_value *v)
+{
+    return v->type == MPROC_V_INT || v->type == MPROC_V_FLOAT || v->type == MPROC_V_BOOL;
+}
+
+/* Pairs Python can order with `<`. */
+static bool orderable(const mproc_value *a, const mproc_value *b)
+{
+    if (numeric(a) && numeric(b))
+        return true;
+    return a->type == b->type &&
+           (a->type == MPROC_V_STR || a->type == MPROC_V_BYTES || a->type == MPROC_V_LIST);
+}
+
+static const char *py_type_name(const mproc_value *v)
+{
+    switch ((int)v->type) {
+    case MPROC_V_NIL: return "NoneType";
+    case MPROC_V_BOOL: return "bool";
+    case MPROC_V_INT: return "int";
+    case MPROC_V_FLOAT: return "float";
+    case MPROC_V_STR: return "str";
+    case MPROC_V_BYTES: return "bytes";
+    case MPROC_V_LIST: return "list";
+    case MPROC_V_MAP: return "dict";
+    case MPROC_V_ERROR: return v->u.e.type;
+    case MPROC_V_EXT: return "ExtType";
+    default: return "object";
+    }
+}
+
+static int ord_of(int c) { return c < 0 ? ORD_LT : c > 0 ? ORD_GT : ORD_EQ; }
+
+/* int64 i against double d without rounding i. */
+static int ord_int_float(int64_t i, double d)
+{
+    if (isnan(d))
+        return ORD_NONE;
+    if (d >= 0x1p63)
+        return ORD_LT;
+    if (d < -0x1p63)
+        return ORD_GT;
+    double t = trunc(d); /* in [-2^63, 2^63): exact as an int64 */
+    int64_t ti = (int64_t)t;
+    if (i != ti)
+        return i < ti ? ORD_LT : ORD_GT;
+    return d > t ? ORD_LT : d < t ? ORD_GT : ORD_EQ;
+}
+
+static int ord_num(const mproc_value *a, const mproc_value *b)
+{
+    if (a->type != MPROC_V_FLOAT && b->type != MPROC_V_FLOAT) {
+        int64_t x = a->type == MPROC_V_BOOL ? a->u.b : a->u.i;
+        int64_t y = b->type == MPROC_V_BOOL ? b->u.b : b->u.i;
+        return ord_of((x > y) - (x < y));
+    }
+    if (a->type == MPROC_V_FLOAT && b->type == MPROC_V_FLOAT) {
+        double x = a->u.d, y = b->u.d;
+        return x < y ? ORD_LT : x > y ? ORD_GT : x == y ? ORD_EQ : ORD_NONE;
+    }
+    if (a->type == MPROC_V_FLOAT) {
+        int r = ord_int_float(b->type == MPROC_V_BOOL ? b->u.b : b->u.i, a->u.d);
+        return r == ORD_NONE ? r : -r;
+    }
+    return ord_int_float(a->type == MPROC_V_BOOL ? a->u.b : a->u.i, b->u.d);
+}
+
+static int ord_blob(const mproc_value *a, const mproc_value *b)
+{
+    size_t n = a->u.s.n < b->u.s.n ? a->u.s.n : b->u.s.n;
+    int c = n ? memcmp(a->u.s.p, b->u.s.p, n) : 0;
+    if (c)
+        return ord_of(c);
+    return ord_of((a->u.s.n > b->u.s.n) - (a->u.s.n < b->u.s.n));
+}
+
+static int not_supported(const mproc_value *a, const mproc_value *b)
+{
+    return mproc__fail(MPROC_EINVAL, "'<' not supported between instances of "
+                       "'%.64s' and '%.64s'", py_type_name(a), py_type_name(b));
+}
+
+/* *ord for an orderable pair, or MPROC_EINVAL (message set). */
+static int ord_rec(const mproc_value *a, const mproc_value *b, unsigned depth, int *ord)
+{
+    if (depth > MPROC__MAX_NEST)
+        return mproc__fail(MPROC_EINVAL, "compare: values nested deeper than %d",
+                           MPROC__MAX_NEST);
+    if (numeric(a) && numeric(b)) {
+        *ord = ord_num(a, b);
+        return 0;
+    }
+    if (a->type != MPROC_V_LIST) {
+        *ord = ord_blob(a, b);
+        return 0;
+    }
+    /* Lists: the first pair of items that are not equal decides (Python
+     * tests == first, so unorderable but equal items such as None pass). */
+    size_t n = a->u.l.n < b->u.l.n ? a->u.l.n : b->u.l.n;
+    for (size_t i = 0; i < n; i++) {
+        const mproc_value *x = a->u.l.v[i], *y = b->u.l.v[i];
+        if (!orderable(x, y)) {
+            if (equal_rec(x, y, depth + 1))
+                continue;
+            return not_supported(x, y);
+        }
+        int rc = ord_rec(x, y, depth + 1, ord);
+        if (rc)
+            return rc;
+        if (*ord != ORD_EQ)
+            return 0;
+    }
+    *ord = ord_of((a->u.l.n > b->u.l.n) - (a->u.l.n < b->u.l.n));
+    return 0;
+}
+
+static int ord_values(const mproc_value *a, const mproc_value *b, int *ord)
+{
+    if (!orderable(a, b))
+        return not_supported(a, b);
+    return ord_rec(a, b, 0, ord);
+}
+
+int mproc_value_compare(const mproc_value *a, const mproc_value *b, int *cmp)
+{
+    if (!a || !b || !cmp)
+        return mproc__fail(MPROC_EINVAL, "compare: NULL argument");
+    int ord;
+    int rc = ord_values(a, b, &ord);
+    if (rc)
+        return rc;
+    *cmp = ord == ORD_NONE ? 0 : ord;
+    return 0;
+}
+
+/* Bottom-up merge sort of src[0..n) using dst as scratch; the sorted items
+ * end in *out (src or dst). "Before" is Python's `<` (reversed: `>`), so
+ * an item moves ahead of an earlier one only when strictly before it. */
+static int merge_sort(mproc_value **src, mproc_value **dst, size_t n, bool reverse,
+                      mproc_value ***out)
+{
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) {
+                int ord;
+                int rc = reverse ? ord_values(src[i], src[j], &ord)
+                                 : ord_values(src[j], src[i], &ord);
+                if (rc)
+                    return rc;
+                dst[k++] = ord == ORD_LT ? src[j++] : src[i++];
+            }
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        mproc_value **t = src;
+        src = dst;
+        dst = t;
+    }
+    *out = src;
+    return 0;
+}
+
+int mproc_value_sort(mproc_value *list, bool reverse)
+{
+    if (!list || list->type != MPROC_V_LIST)
+        return mproc__fail(MPROC_EINVAL, "sort: not a list");
+    size_t n = list->u.l.n;
+    if (n < 2) /* Python compares nothing either: [None].sort() is fine */
+        return 0;
+    mproc_value **a = malloc(2 * n * sizeof *a); /* n <= cap, which fitted in memory */
+    if (!a)
+        return MPROC_ENOMEM;
+    memcpy(a, list->u.l.v, n * sizeof *a);
+    mproc_value **sorted;
+    int rc = merge_sort(a, a + n, n, reverse, &sorted);
+    if (!rc)
+        memcpy(list->u.l.v, sorted, n * sizeof *a);
+    free(a);
+    return rc;
+}
 
 /* ------------------------------------------------------------ repr */
 
@@ -843,6 +1227,12 @@ static void repr_rec(sbuf *s, const mproc_value *v, unsigned depth)
     case MPROC_V_STR:
     case MPROC_V_BYTES:
         repr_text(s, v->u.s.p, v->u.s.n, v->type == MPROC_V_BYTES);
+        break;
+    case MPROC_V_EXT: /* Python msgpack's ExtType(code, data), shortened */
+        snprintf(t, sizeof t, "ext(%d, ", v->u.s.ext);
+        puts_(s, t);
+        repr_text(s, v->u.s.p, v->u.s.n, true);
+        put(s, ")", 1);
         break;
     case MPROC_V_ERROR:
         puts_(s, v->u.e.type);
