@@ -333,7 +333,8 @@ int mproc_mevent_clear(mproc_proxy *e);
 int mproc_mevent_is_set(mproc_proxy *e, bool *out);
 int mproc_mevent_wait(mproc_proxy *e, double timeout); /* 0, MPROC_ETIMEDOUT */
 
-/* *index (may be NULL): arrival index, parties-1 down to 0. MPROC_EBROKEN
+/* *index (may be NULL): arrival order, 0 for the first to arrive up to
+ * parties-1 for the last (as CPython's Barrier.wait). MPROC_EBROKEN
  * (broken, aborted, reset while waiting, timed out, or a waiter died). */
 int mproc_mbarrier_wait(mproc_proxy *b, double timeout, unsigned *index);
 int mproc_mbarrier_abort(mproc_proxy *b);

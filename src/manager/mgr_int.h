@@ -9,12 +9,7 @@
 #include "../codec/codec_int.h"
 #include "internal.h"
 #include "mproc/manager.h"
-
-/* MessagePack ext type of a reference to a managed object. Payload: the
- * object id as 8 bytes big-endian, then the typeid bytes (no NUL). */
-#define MGR_EXT_REF 77
-/* A blocked server-side wait re-checks that its caller is alive this often. */
-#define MGR_SLICE_S 0.1
+#include "wire.h"
 
 typedef struct mgr_server mgr_server;
 typedef struct mgr_obj mgr_obj;

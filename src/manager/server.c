@@ -1,0 +1,1235 @@
+/* server.c — the manager server: the object table, sessions, one thread per
+ * client connection, and the server process's main loop.
+ *
+ * Locks, in the order they may nest: an object's own mutex or the sync mutex
+ * (never both: a type uses one) -> the table mutex `mu`. Objects whose last
+ * reference goes are queued on `dead` and destroyed by the request's thread
+ * once it holds no lock (reap), so a destroy never runs inside a call.
+ *
+ * fork: the server process never forks; its threads and mutexes need no
+ * atfork story. The process exits with _exit: nothing in it must outlive it. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../connection/conn_int.h"
+#include "../process/process_int.h"
+#include "mgr_int.h"
+#include "mgr_srv.h"
+#include "mproc/connection.h"
+#include "mproc/queue.h"
+#include "wire.h"
+
+/* ------------------------------------------------------------ u64 -> count map */
+
+typedef struct {
+    uint64_t key; /* 0 = empty */
+    int64_t val;
+} cnt_ent;
+
+typedef struct {
+    cnt_ent *e;
+    size_t n, cap;
+} cnt_map;
+
+static int64_t *cnt_slot(cnt_map *m, uint64_t key, bool create)
+{
+    if (create && (m->n + 1) * 4 > m->cap * 3) {
+        size_t ncap = m->cap ? m->cap * 2 : 16;
+        cnt_ent *ne = calloc(ncap, sizeof *ne);
+        if (!ne)
+            return NULL;
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->e[i].key)
+                continue;
+            size_t s = (size_t)(m->e[i].key * 0x9E3779B97F4A7C15ull) & (ncap - 1);
+            while (ne[s].key)
+                s = (s + 1) & (ncap - 1);
+            ne[s] = m->e[i];
+        }
+        free(m->e);
+        m->e = ne;
+        m->cap = ncap;
+    }
+    if (!m->cap)
+        return NULL;
+    size_t mask = m->cap - 1, s = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    for (; m->e[s].key; s = (s + 1) & mask)
+        if (m->e[s].key == key)
+            return &m->e[s].val;
+    if (!create)
+        return NULL;
+    m->e[s].key = key;
+    m->e[s].val = 0;
+    m->n++;
+    return &m->e[s].val;
+}
+
+/* Remove `key` (linear probing: shift the cluster back). */
+static void cnt_del(cnt_map *m, uint64_t key)
+{
+    if (!m->cap)
+        return;
+    size_t mask = m->cap - 1, s = (size_t)(key * 0x9E3779B97F4A7C15ull) & mask;
+    for (; m->e[s].key != key; s = (s + 1) & mask)
+        if (!m->e[s].key)
+            return;
+    m->e[s].key = 0;
+    m->n--;
+    for (size_t j = (s + 1) & mask; m->e[j].key; j = (j + 1) & mask) {
+        size_t home = (size_t)(m->e[j].key * 0x9E3779B97F4A7C15ull) & mask;
+        /* Move e[j] into the hole at s unless its home lies in (s, j]. */
+        bool stays = s <= j ? (home > s && home <= j) : (home > s || home <= j);
+        if (stays)
+            continue;
+        m->e[s] = m->e[j];
+        m->e[j].key = 0;
+        s = j;
+    }
+}
+
+/* ------------------------------------------------------------ server state */
+
+typedef struct mgr_session {
+    uint64_t id;
+    int nconns;
+    cnt_map refs; /* object id -> references held by this process's proxies */
+    struct mgr_session *next;
+} mgr_session;
+
+typedef struct slot {
+    mgr_obj *o;
+    uint32_t gen;
+    uint32_t next_free; /* index + 1 in the free list, 0 = end */
+} slot;
+
+typedef struct name_ent {
+    char *name;
+    mgr_obj *o;
+} name_ent;
+
+struct mgr_server {
+    pthread_mutex_t mu; /* table, sessions, names, dead, nconns */
+    slot *slots;
+    size_t nslots, slotcap;
+    uint32_t free_head;
+    mgr_session *sessions;
+    name_ent *names;
+    size_t nnames, namecap;
+    mgr_obj *dead;
+    int nconns;
+
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    atomic_bool stopping;
+
+    mgr_config cfg;
+};
+
+struct mgr_conn {
+    mgr_server *s;
+    mproc_connection *c;
+    int fd;
+    mproc_queue *req, *rep; /* shared-memory channel, or NULL for the socket */
+    mgr_session *sess;
+    mproc_buf out;
+};
+
+/* ------------------------------------------------------------ calls */
+
+int mgr_fail(mgr_call *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->msg, sizeof c->msg, fmt, ap);
+    va_end(ap);
+    c->msg_set = true;
+    return code;
+}
+
+/* The peer closed its end (or the socket failed). */
+static bool peer_gone(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return true;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+bool mgr_cancelled(mgr_call *c)
+{
+    if (atomic_load(&c->srv->stopping))
+        return true;
+    return c->conn && peer_gone(c->conn->fd);
+}
+
+int mgr_sync_wait(mgr_call *c, mproc_deadline d)
+{
+    if (mgr_cancelled(c))
+        return MPROC_ECLOSED;
+    if (mproc_deadline_expired(d))
+        return MPROC_ETIMEDOUT;
+    int64_t now = mproc__now_ns(), until = now + (int64_t)(MGR_SLICE_S * 1e9);
+    if (d.ns < until)
+        until = d.ns;
+    struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+    pthread_cond_timedwait(&c->srv->sync_cv, &c->srv->sync_mu, &ts);
+    return 0;
+}
+
+void mgr_sync_broadcast(mgr_server *s)
+{
+    pthread_cond_broadcast(&s->sync_cv);
+}
+
+int mgr_args_count(mgr_call *c, const char *method, const mproc_value *args, size_t min,
+                   size_t max)
+{
+    size_t n = mproc_value_len(args);
+    if (n >= min && n <= max)
+        return 0;
+    if (min == max)
+        return mgr_fail(c, MPROC_EINVAL, "TypeError: %s() takes %zu argument%s (%zu given)", method,
+                        min, min == 1 ? "" : "s", n);
+    return mgr_fail(c, MPROC_EINVAL, "TypeError: %s() takes %zu to %zu arguments (%zu given)",
+                    method, min, max, n);
+}
+
+mproc_value *mgr_arg_take(mproc_value *args, size_t i)
+{
+    mproc_value *nil = mproc_value_nil();
+    if (!nil)
+        return NULL;
+    return mproc_value_replace_at(args, i, nil);
+}
+
+int mgr_arg_int(mgr_call *c, const mproc_value *args, size_t i, int64_t *out)
+{
+    const mproc_value *v = mproc_value_at(args, i);
+    if (v && mproc_value_type(v) == MPROC_V_INT) {
+        *out = mproc_value_as_int(v);
+        return 0;
+    }
+    if (v && mproc_value_type(v) == MPROC_V_BOOL) {
+        *out = mproc_value_as_bool(v);
+        return 0;
+    }
+    return mgr_fail(c, MPROC_EINVAL, "TypeError: argument %zu must be an int", i + 1);
+}
+
+int mgr_arg_timeout(mgr_call *c, const mproc_value *args, size_t i, mproc_deadline *out)
+{
+    const mproc_value *v = mproc_value_at(args, i);
+    mproc_vtype t = mproc_value_type(v);
+    if (!v || t == MPROC_V_NIL) {
+        *out = mproc_deadline_after(MPROC_FOREVER);
+        return 0;
+    }
+    if (t != MPROC_V_INT && t != MPROC_V_FLOAT)
+        return mgr_fail(c, MPROC_EINVAL, "TypeError: timeout must be a number or None");
+    double s = mproc_value_as_float(v);
+    if (s != s)
+        return mgr_fail(c, MPROC_EINVAL, "ValueError: timeout is NaN");
+    *out = mproc_deadline_after(s);
+    return 0;
+}
+
+int mgr_arg_bool(mgr_call *c, const mproc_value *args, size_t i, bool dflt, bool *out)
+{
+    const mproc_value *v = mproc_value_at(args, i);
+    if (!v) {
+        *out = dflt;
+        return 0;
+    }
+    switch (mproc_value_type(v)) {
+    case MPROC_V_BOOL:
+        *out = mproc_value_as_bool(v);
+        return 0;
+    case MPROC_V_INT:
+        *out = mproc_value_as_int(v) != 0;
+        return 0;
+    case MPROC_V_NIL:
+        *out = false;
+        return 0;
+    default:
+        return mgr_fail(c, MPROC_EINVAL, "TypeError: argument %zu must be a bool", i + 1);
+    }
+}
+
+void mgr_repr(const mproc_value *v, char *buf, size_t len)
+{
+    char *r = mproc_value_repr(v);
+    if (!r) {
+        snprintf(buf, len, "?");
+        return;
+    }
+    size_t n = strlen(r);
+    if (n >= len && len > 4)
+        snprintf(buf, len, "%.*s...", (int)(len - 4), r);
+    else
+        snprintf(buf, len, "%s", r);
+    free(r);
+}
+
+/* ------------------------------------------------------------ user types */
+
+static __thread bool tl_user_msg_set;
+static __thread char tl_user_msg[256];
+
+int mproc_manager_error(int code, const char *fmt, ...)
+{
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(tl_user_msg, sizeof tl_user_msg, fmt, ap);
+        va_end(ap);
+        tl_user_msg_set = true;
+    }
+    return code < 0 ? code : MPROC_EREMOTE;
+}
+
+static int user_result(mgr_call *c, int rc, const char *what)
+{
+    if (rc > 0)
+        rc = MPROC_EREMOTE;
+    if (rc && !c->msg_set) {
+        if (tl_user_msg_set)
+            mgr_fail(c, rc, "%s", tl_user_msg);
+        else
+            mgr_fail(c, rc, "%s failed: %s", what, mproc_strerror(rc));
+    }
+    tl_user_msg_set = false;
+    return rc;
+}
+
+static int user_create(mgr_obj *o, mproc_value *args, mgr_call *c)
+{
+    tl_user_msg_set = false;
+    return user_result(c, o->user->create(args, &o->impl), o->user->typeid);
+}
+
+static int user_call(mgr_obj *o, const char *method, mproc_value *args, mproc_value **result,
+                     mgr_call *c)
+{
+    tl_user_msg_set = false;
+    return user_result(c, o->user->call(o->impl, method, args, result), method);
+}
+
+static void user_destroy(mgr_obj *o)
+{
+    if (o->user->destroy)
+        o->user->destroy(o->impl);
+}
+
+static const mgr_type user_type = {"(user)", false, user_create, user_call, user_destroy, NULL};
+
+static const mgr_type *const builtin_types[] = {
+    &mgr_t_dict,  &mgr_t_list,      &mgr_t_namespace,  &mgr_t_value,
+    &mgr_t_array, &mgr_t_queue,     &mgr_t_joinable_queue, &mgr_t_lock,
+    &mgr_t_rlock, &mgr_t_semaphore, &mgr_t_bounded_semaphore, &mgr_t_condition,
+    &mgr_t_event, &mgr_t_barrier,
+};
+
+bool mgr__builtin_typeid(const char *typeid)
+{
+    for (size_t i = 0; i < sizeof builtin_types / sizeof *builtin_types; i++)
+        if (strcmp(builtin_types[i]->typeid, typeid) == 0)
+            return true;
+    return false;
+}
+
+static const char *obj_typeid(const mgr_obj *o)
+{
+    return o->user ? o->user->typeid : o->type->typeid;
+}
+
+/* ------------------------------------------------------------ the table */
+
+static mgr_obj *lookup_locked(mgr_server *s, uint64_t id)
+{
+    uint32_t idx = (uint32_t)id, gen = (uint32_t)(id >> 32);
+    if (idx == 0 || idx > s->nslots)
+        return NULL;
+    slot *sl = &s->slots[idx - 1];
+    if (!sl->o || sl->gen != gen || !sl->o->live)
+        return NULL;
+    return sl->o;
+}
+
+static int insert_locked(mgr_server *s, mgr_obj *o)
+{
+    uint32_t idx;
+    if (s->free_head) {
+        idx = s->free_head;
+        s->free_head = s->slots[idx - 1].next_free;
+    } else {
+        if (s->nslots == UINT32_MAX - 1)
+            return MPROC_ENOSPC;
+        if (s->nslots == s->slotcap) {
+            size_t ncap = s->slotcap ? s->slotcap * 2 : 64;
+            slot *ns = realloc(s->slots, ncap * sizeof *ns);
+            if (!ns)
+                return MPROC_ENOMEM;
+            s->slots = ns;
+            s->slotcap = ncap;
+        }
+        s->slots[s->nslots] = (slot){NULL, 0, 0};
+        idx = (uint32_t)++s->nslots;
+    }
+    slot *sl = &s->slots[idx - 1];
+    sl->gen++;
+    if (sl->gen == 0)
+        sl->gen = 1;
+    sl->o = o;
+    o->id = ((uint64_t)sl->gen << 32) | idx;
+    o->live = true;
+    return 0;
+}
+
+static void decref_locked(mgr_server *s, mgr_obj *o)
+{
+    if (--o->refs > 0)
+        return;
+    uint32_t idx = (uint32_t)o->id;
+    if (o->live) {
+        o->live = false;
+        slot *sl = &s->slots[idx - 1];
+        sl->o = NULL;
+        sl->next_free = s->free_head;
+        s->free_head = idx;
+    }
+    o->next_dead = s->dead;
+    s->dead = o;
+}
+
+void mgr_obj_release(mgr_server *s, mgr_obj *o)
+{
+    pthread_mutex_lock(&s->mu);
+    decref_locked(s, o);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void obj_lock(mgr_obj *o)
+{
+    pthread_mutex_lock(o->type->blocking ? &o->srv->sync_mu : &o->mu);
+}
+
+static void obj_unlock(mgr_obj *o)
+{
+    pthread_mutex_unlock(o->type->blocking ? &o->srv->sync_mu : &o->mu);
+}
+
+static void obj_free(mgr_obj *o)
+{
+    pthread_mutex_destroy(&o->mu);
+    free(o);
+}
+
+/* Destroy what died, outside every lock. Destroying may release more. */
+static void reap(mgr_server *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        mgr_obj *o = s->dead;
+        s->dead = NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!o)
+            return;
+        while (o) {
+            mgr_obj *next = o->next_dead;
+            obj_lock(o);
+            o->type->destroy(o);
+            if (o->type->blocking)
+                mgr_sync_broadcast(s);
+            obj_unlock(o);
+            obj_free(o);
+            o = next;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ references in values */
+
+/* Parse a reference value: 0, or MPROC_EINVAL when `v` is an ext of our type
+ * with a bad payload; 1 when `v` is not a reference at all. */
+static int parse_ref(const mproc_value *v, uint64_t *id, const char **typeid, size_t *tlen)
+{
+    if (mproc_value_type(v) != MPROC_V_EXT || mproc_value_ext_type(v) != MGR_EXT_REF)
+        return 1;
+    size_t n;
+    const uint8_t *p = mproc_value_as_bytes(v, &n);
+    if (!p || n < 9 || n > 8 + MGR_TYPEID_MAX)
+        return MPROC_EINVAL;
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++)
+        x = x << 8 | p[i];
+    *id = x;
+    *typeid = (const char *)p + 8;
+    *tlen = n - 8;
+    return 0;
+}
+
+static bool has_children(const mproc_value *v)
+{
+    mproc_vtype t = mproc_value_type(v);
+    return t == MPROC_V_LIST || t == MPROC_V_MAP;
+}
+
+/* Walk `v`: check (inc == 0) that every reference names a live object of
+ * its typeid, or add `inc` to each one's count. Table mutex held. */
+static int walk_refs_locked(mgr_call *c, mgr_server *s, const mproc_value *v, int inc, int depth)
+{
+    uint64_t id;
+    const char *tid;
+    size_t tlen;
+    int rc = parse_ref(v, &id, &tid, &tlen);
+    if (rc == 0) {
+        mgr_obj *o = lookup_locked(s, id);
+        if (inc == 0) {
+            const char *want = o ? obj_typeid(o) : NULL;
+            if (!o)
+                return c ? mgr_fail(c, MPROC_ENOENT, "KeyError: no managed object %#llx",
+                                    (unsigned long long)id)
+                         : MPROC_ENOENT;
+            if (strlen(want) != tlen || memcmp(want, tid, tlen) != 0)
+                return c ? mgr_fail(c, MPROC_EINVAL, "TypeError: reference %#llx names a '%s'",
+                                    (unsigned long long)id, want)
+                         : MPROC_EINVAL;
+        } else if (o) {
+            if (inc > 0)
+                o->refs++;
+            else
+                decref_locked(s, o);
+        }
+        return 0;
+    }
+    if (rc < 0)
+        return c ? mgr_fail(c, rc, "ValueError: malformed object reference") : rc;
+    if (!has_children(v) || depth > MPROC__MAX_NEST)
+        return 0;
+    bool map = mproc_value_type(v) == MPROC_V_MAP;
+    size_t n = mproc_value_len(v);
+    for (size_t i = 0; i < n; i++) {
+        if (map && (rc = walk_refs_locked(c, s, mproc_value_key_at(v, i), inc, depth + 1)) != 0)
+            return rc;
+        if ((rc = walk_refs_locked(c, s, mproc_value_at(v, i), inc, depth + 1)) != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static bool maybe_refs(const mproc_value *v)
+{
+    mproc_vtype t = mproc_value_type(v);
+    return t == MPROC_V_EXT || t == MPROC_V_LIST || t == MPROC_V_MAP;
+}
+
+int mgr_refs_hold(mgr_call *c, const mproc_value *v)
+{
+    if (!maybe_refs(v))
+        return 0;
+    mgr_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    int rc = walk_refs_locked(c, s, v, 0, 0);
+    if (!rc)
+        walk_refs_locked(c, s, v, 1, 0);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void mgr_refs_release(mgr_server *s, const mproc_value *v)
+{
+    if (!maybe_refs(v))
+        return;
+    pthread_mutex_lock(&s->mu);
+    walk_refs_locked(NULL, s, v, -1, 0);
+    pthread_mutex_unlock(&s->mu);
+}
+
+mgr_obj *mgr_obj_from_ref(mgr_call *c, const mproc_value *ref)
+{
+    uint64_t id;
+    const char *tid;
+    size_t tlen;
+    if (parse_ref(ref, &id, &tid, &tlen) != 0) {
+        mgr_fail(c, MPROC_EINVAL, "TypeError: expected a managed object reference");
+        return NULL;
+    }
+    mgr_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    mgr_obj *o = lookup_locked(s, id);
+    if (o)
+        o->refs++;
+    pthread_mutex_unlock(&s->mu);
+    if (!o)
+        mgr_fail(c, MPROC_ENOENT, "KeyError: no managed object %#llx", (unsigned long long)id);
+    return o;
+}
+
+/* ------------------------------------------------------------ sessions */
+
+static mgr_session *session_join_locked(mgr_server *s, uint64_t id)
+{
+    for (mgr_session *x = s->sessions; x; x = x->next)
+        if (x->id == id) {
+            x->nconns++;
+            return x;
+        }
+    mgr_session *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    x->id = id;
+    x->nconns = 1;
+    x->next = s->sessions;
+    s->sessions = x;
+    return x;
+}
+
+/* The last connection of a process closed: drop its references and the
+ * locks it held. */
+static void session_end(mgr_server *s, mgr_session *x)
+{
+    pthread_mutex_lock(&s->mu);
+    for (mgr_session **pp = &s->sessions; *pp; pp = &(*pp)->next)
+        if (*pp == x) {
+            *pp = x->next;
+            break;
+        }
+    /* Blocking objects to tell, each held while we do. */
+    size_t nb = 0;
+    mgr_obj **bl = NULL;
+    for (size_t i = 0; i < s->nslots; i++) {
+        mgr_obj *o = s->slots[i].o;
+        if (o && o->live && o->type->blocking && o->type->session_end) {
+            mgr_obj **nbl = realloc(bl, (nb + 1) * sizeof *bl);
+            if (!nbl)
+                break;
+            bl = nbl;
+            o->refs++;
+            bl[nb++] = o;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (nb) {
+        pthread_mutex_lock(&s->sync_mu);
+        for (size_t i = 0; i < nb; i++)
+            bl[i]->type->session_end(bl[i], x->id);
+        mgr_sync_broadcast(s);
+        pthread_mutex_unlock(&s->sync_mu);
+    }
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < nb; i++)
+        decref_locked(s, bl[i]);
+    for (size_t i = 0; i < x->refs.cap; i++) {
+        cnt_ent *e = &x->refs.e[i];
+        if (!e->key)
+            continue;
+        mgr_obj *o = lookup_locked(s, e->key);
+        for (int64_t k = 0; o && k < e->val; k++)
+            decref_locked(s, o);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(bl);
+    free(x->refs.e);
+    free(x);
+    reap(s);
+}
+
+/* ------------------------------------------------------------ server methods */
+
+static const mgr_type *find_type(mgr_server *s, const char *typeid, const mproc_manager_type **user)
+{
+    *user = NULL;
+    for (size_t i = 0; i < sizeof builtin_types / sizeof *builtin_types; i++)
+        if (strcmp(builtin_types[i]->typeid, typeid) == 0)
+            return builtin_types[i];
+    for (size_t i = 0; i < s->cfg.ntypes; i++)
+        if (strcmp(s->cfg.types[i]->typeid, typeid) == 0) {
+            *user = s->cfg.types[i];
+            return &user_type;
+        }
+    return NULL;
+}
+
+/* A reference for the calling session on `o` (table mutex held). */
+static int session_ref_locked(mgr_call *c, mgr_obj *o)
+{
+    int64_t *cnt = cnt_slot(&c->conn->sess->refs, o->id, true);
+    if (!cnt)
+        return MPROC_ENOMEM;
+    ++*cnt;
+    o->refs++;
+    return 0;
+}
+
+static mproc_value *id_reply(const mgr_obj *o)
+{
+    mproc_value *r = mproc_value_list();
+    if (!r)
+        return NULL;
+    if (mproc_value_append(r, mproc_value_int((int64_t)o->id)) ||
+        mproc_value_append(r, mproc_value_str(obj_typeid(o)))) {
+        mproc_value_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int srv_create(mgr_call *c, mproc_value *args, mproc_value **result)
+{
+    mgr_server *s = c->srv;
+    int rc = mgr_args_count(c, "create", args, 2, 2);
+    if (rc)
+        return rc;
+    const char *typeid = mproc_value_as_str(mproc_value_at(args, 0), NULL);
+    mproc_value *cargs = mproc_value_at(args, 1);
+    if (!typeid || mproc_value_type(cargs) != MPROC_V_LIST)
+        return mgr_fail(c, MPROC_EINVAL, "TypeError: create(typeid, args)");
+    const mproc_manager_type *user;
+    const mgr_type *t = find_type(s, typeid, &user);
+    if (!t)
+        return mgr_fail(c, MPROC_ENOENT, "KeyError: no type '%s' on this manager", typeid);
+    mgr_obj *o = calloc(1, sizeof *o);
+    if (!o)
+        return MPROC_ENOMEM;
+    o->type = t;
+    o->user = user;
+    o->srv = s;
+    pthread_mutex_init(&o->mu, NULL);
+    obj_lock(o);
+    rc = t->create(o, cargs, c);
+    obj_unlock(o);
+    if (rc) {
+        obj_free(o);
+        return rc;
+    }
+    pthread_mutex_lock(&s->mu);
+    rc = insert_locked(s, o);
+    if (!rc && (rc = session_ref_locked(c, o)) != 0) {
+        o->refs = 1;
+        decref_locked(s, o); /* reaped with the request */
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        if (!o->id) { /* never in the table */
+            obj_lock(o);
+            t->destroy(o);
+            obj_unlock(o);
+            obj_free(o);
+        }
+        return rc;
+    }
+    *result = id_reply(o);
+    return *result ? 0 : MPROC_ENOMEM;
+}
+
+static int srv_incref(mgr_call *c, mproc_value *args, mproc_value **result)
+{
+    mgr_server *s = c->srv;
+    int64_t id;
+    int rc = mgr_args_count(c, "incref", args, 1, 1);
+    if (rc || (rc = mgr_arg_int(c, args, 0, &id)) != 0)
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    mgr_obj *o = lookup_locked(s, (uint64_t)id);
+    if (!o)
+        rc = mgr_fail(c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
+                      (unsigned long long)id);
+    else
+        rc = session_ref_locked(c, o);
+    const char *typeid = o ? obj_typeid(o) : NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (rc)
+        return rc;
+    *result = mproc_value_str(typeid);
+    return *result ? 0 : MPROC_ENOMEM;
+}
+
+static int srv_decref(mgr_call *c, mproc_value *args)
+{
+    mgr_server *s = c->srv;
+    int64_t id;
+    int rc = mgr_args_count(c, "decref", args, 1, 1);
+    if (rc || (rc = mgr_arg_int(c, args, 0, &id)) != 0)
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    int64_t *cnt = cnt_slot(&c->conn->sess->refs, (uint64_t)id, false);
+    mgr_obj *o = lookup_locked(s, (uint64_t)id);
+    if (!cnt || *cnt <= 0 || !o) {
+        rc = mgr_fail(c, MPROC_ENOENT, "KeyError: this process holds no reference to %#llx",
+                      (unsigned long long)id);
+    } else {
+        if (--*cnt == 0)
+            cnt_del(&c->conn->sess->refs, (uint64_t)id);
+        decref_locked(s, o);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static name_ent *find_name_locked(mgr_server *s, const char *name)
+{
+    for (size_t i = 0; i < s->nnames; i++)
+        if (strcmp(s->names[i].name, name) == 0)
+            return &s->names[i];
+    return NULL;
+}
+
+static int srv_bind(mgr_call *c, mproc_value *args)
+{
+    mgr_server *s = c->srv;
+    int64_t id;
+    int rc = mgr_args_count(c, "bind", args, 2, 2);
+    if (rc || (rc = mgr_arg_int(c, args, 1, &id)) != 0)
+        return rc;
+    const char *name = mproc_value_as_str(mproc_value_at(args, 0), NULL);
+    if (!name || !*name || strlen(name) > 255)
+        return mgr_fail(c, MPROC_EINVAL, "ValueError: a name is 1 to 255 bytes");
+    pthread_mutex_lock(&s->mu);
+    mgr_obj *o = lookup_locked(s, (uint64_t)id);
+    name_ent *e = find_name_locked(s, name);
+    if (!o) {
+        rc = mgr_fail(c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
+                      (unsigned long long)id);
+    } else if (e) {
+        o->refs++;
+        decref_locked(s, e->o);
+        e->o = o;
+    } else if (s->nnames == s->namecap &&
+               !(s->names = realloc(s->names, (s->namecap = s->namecap * 2 + 8) * sizeof *e))) {
+        rc = MPROC_ENOMEM; /* the old array leaks with its names: out of memory anyway */
+        s->nnames = s->namecap = 0;
+    } else if (!(s->names[s->nnames].name = strdup(name))) {
+        rc = MPROC_ENOMEM;
+    } else {
+        o->refs++;
+        s->names[s->nnames++].o = o;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int srv_lookup(mgr_call *c, mproc_value *args, mproc_value **result, bool unbind)
+{
+    mgr_server *s = c->srv;
+    int rc = mgr_args_count(c, unbind ? "unbind" : "lookup", args, 1, 1);
+    if (rc)
+        return rc;
+    const char *name = mproc_value_as_str(mproc_value_at(args, 0), NULL);
+    if (!name)
+        return mgr_fail(c, MPROC_EINVAL, "TypeError: the name must be a str");
+    pthread_mutex_lock(&s->mu);
+    name_ent *e = find_name_locked(s, name);
+    if (!e) {
+        rc = mgr_fail(c, MPROC_ENOENT, "KeyError: no object is bound to '%s'", name);
+    } else if (unbind) {
+        decref_locked(s, e->o);
+        free(e->name);
+        *e = s->names[--s->nnames];
+    } else if ((rc = session_ref_locked(c, e->o)) == 0 && !(*result = id_reply(e->o))) {
+        rc = MPROC_ENOMEM;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int server_method(mgr_call *c, const char *method, mproc_value *args,
+                         mproc_value **result)
+{
+    if (strcmp(method, "create") == 0)
+        return srv_create(c, args, result);
+    if (strcmp(method, "incref") == 0)
+        return srv_incref(c, args, result);
+    if (strcmp(method, "decref") == 0)
+        return srv_decref(c, args);
+    if (strcmp(method, "bind") == 0)
+        return srv_bind(c, args);
+    if (strcmp(method, "lookup") == 0)
+        return srv_lookup(c, args, result, false);
+    if (strcmp(method, "unbind") == 0)
+        return srv_lookup(c, args, result, true);
+    if (strcmp(method, "ping") == 0)
+        return 0;
+    if (strcmp(method, "shutdown") == 0) {
+        int64_t token;
+        if (mgr_args_count(c, "shutdown", args, 1, 1) || mgr_arg_int(c, args, 0, &token) ||
+            (uint64_t)token != c->srv->cfg.owner_token)
+            return mgr_fail(c, MPROC_EPERM, "PermissionError: only the manager's owner may shut it down");
+        atomic_store(&c->srv->stopping, true);
+        return 0;
+    }
+    return mgr_fail(c, MPROC_ENOSYS, "AttributeError: the server has no method '%s'", method);
+}
+
+/* ------------------------------------------------------------ requests */
+
+static int encode_reply(mproc_buf *out, int rc, const mproc_value *result, const char *msg,
+                        size_t max)
+{
+    out->len = 0;
+    int e = mgr_put_array(out, 2);
+    if (!e && rc == 0) {
+        e = mgr_put_int(out, 0);
+        if (!e)
+            e = result ? mproc_msgpack_encode(result, out) : mgr_put_nil(out);
+        if (!e && out->len > max) {
+            char m[128];
+            snprintf(m, sizeof m, "the reply (%zu bytes) exceeds max_message (%zu)", out->len, max);
+            return encode_reply(out, MPROC_EMSGSIZE, NULL, m, max);
+        }
+        if (e) {
+            char m[128];
+            snprintf(m, sizeof m, "the reply cannot be encoded: %s", mproc_strerror(e));
+            return encode_reply(out, e, NULL, m, max);
+        }
+        return 0;
+    }
+    if (!e)
+        e = mgr_put_int(out, rc);
+    if (!e)
+        e = mgr_put_str(out, msg, strlen(msg));
+    return e;
+}
+
+static int dispatch(mgr_conn *cn, const void *req, size_t len)
+{
+    mgr_server *s = cn->s;
+    mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->id};
+    mproc_value *v = NULL, *result = NULL;
+    int rc = mproc_msgpack_decode(req, len, NULL, &v);
+    if (rc) {
+        mgr_fail(&c, MPROC_EPROTO, "malformed request: %s", mproc_errmsg());
+        goto reply;
+    }
+    mproc_value *vid = mproc_value_at(v, 0), *vm = mproc_value_at(v, 1),
+                *args = mproc_value_at(v, 2), *vt = mproc_value_at(v, 3);
+    const char *method = mproc_value_as_str(vm, NULL);
+    if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_len(v) != 4 ||
+        mproc_value_type(vid) != MPROC_V_INT || !method ||
+        mproc_value_type(args) != MPROC_V_LIST || mproc_value_type(vt) != MPROC_V_INT) {
+        rc = mgr_fail(&c, MPROC_EPROTO, "malformed request: want [id, method, [args], tid]");
+        goto reply;
+    }
+    c.tid = (uint32_t)mproc_value_as_int(vt);
+    uint64_t id = (uint64_t)mproc_value_as_int(vid);
+    if (id == 0) {
+        rc = server_method(&c, method, args, &result);
+        goto reply;
+    }
+    pthread_mutex_lock(&s->mu);
+    mgr_obj *o = lookup_locked(s, id);
+    if (o)
+        o->refs++;
+    pthread_mutex_unlock(&s->mu);
+    if (!o) {
+        rc = mgr_fail(&c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
+                      (unsigned long long)id);
+        goto reply;
+    }
+    obj_lock(o);
+    rc = o->type->call(o, method, args, &result, &c);
+    obj_unlock(o);
+    mgr_obj_release(s, o);
+reply:
+    mproc_value_free(v);
+    if (rc && !c.msg_set)
+        mgr_fail(&c, rc, "%s", mproc_strerror(rc));
+    int e = encode_reply(&cn->out, rc, result, c.msg, s->cfg.max_message);
+    mproc_value_free(result);
+    reap(s);
+    return e;
+}
+
+/* ------------------------------------------------------------ connections */
+
+static int send_reply(mgr_conn *cn)
+{
+    if (!cn->rep)
+        return mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
+    for (;;) {
+        int rc = mproc_queue_put(cn->rep, cn->out.data, cn->out.len, mgr_put_slice(cn->out.len));
+        if (rc != MPROC_EFULL && rc != MPROC_ETIMEDOUT)
+            return rc;
+        if (peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
+            return MPROC_ECLOSED;
+    }
+}
+
+static int recv_request(mgr_conn *cn, void **buf, size_t *len)
+{
+    for (;;) {
+        int rc = cn->req ? mproc_queue_get(cn->req, buf, len, MGR_SLICE_S)
+                         : mproc_connection_recv_bytes(cn->c, buf, len, MGR_SLICE_S);
+        if (rc != MPROC_ETIMEDOUT && rc != MPROC_EEMPTY)
+            return rc;
+        if (atomic_load(&cn->s->stopping) || (cn->req && peer_gone(cn->fd)))
+            return MPROC_ECLOSED;
+    }
+}
+
+/* Send the two queues over the raw socket (SCM_RIGHTS). */
+static int send_queues(mgr_conn *cn)
+{
+    mproc_buf b = {0};
+    int fds[16];
+    size_t nfds = 0;
+    int rc = 0;
+    mproc_queue *qs[2] = {cn->req, cn->rep};
+    for (int i = 0; i < 2 && !rc; i++) {
+        mproc_buf e = {0};
+        size_t nf = 0;
+        rc = mproc_queue_type.export_obj(qs[i], &e, fds + nfds, &nf, 8);
+        if (!rc && !(rc = mproc__put_u32(&b, (uint32_t)e.len)) &&
+            !(rc = mproc__put_u32(&b, (uint32_t)nf)))
+            rc = mproc_buf_append(&b, e.data, e.len);
+        nfds += nf;
+        mproc__buf_free(&e);
+    }
+    if (!rc)
+        rc = mproc_send_fds(cn->fd, b.data, b.len, fds, nfds);
+    mproc__buf_free(&b);
+    return rc;
+}
+
+static int hello(mgr_conn *cn, bool *want_shm, uint64_t *session)
+{
+    void *buf = NULL;
+    size_t len;
+    int rc = mproc_connection_recv_bytes(cn->c, &buf, &len, 10.0);
+    if (rc)
+        return rc;
+    mproc_value *v = NULL;
+    rc = mproc_msgpack_decode(buf, len, NULL, &v);
+    free(buf);
+    if (rc)
+        return rc;
+    const char *magic = mproc_value_as_str(mproc_value_at(v, 0), NULL);
+    if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_len(v) < 4 || !magic ||
+        strcmp(magic, MGR_MAGIC) != 0 || mproc_value_as_int(mproc_value_at(v, 1)) != MGR_PROTO ||
+        mproc_value_type(mproc_value_at(v, 2)) != MPROC_V_INT) {
+        mproc_value_free(v);
+        return MPROC_EPROTO;
+    }
+    *session = (uint64_t)mproc_value_as_int(mproc_value_at(v, 2));
+    *want_shm = mproc_value_as_bool(mproc_value_at(v, 3));
+    mproc_value_free(v);
+    return 0;
+}
+
+static void *conn_main(void *arg)
+{
+    mgr_conn *cn = arg;
+    mgr_server *s = cn->s;
+    bool want_shm = false;
+    uint64_t session = 0;
+    int rc = 0;
+    {
+        mproc_deadline hd = mproc_deadline_after(10.0);
+        rc = mproc__auth_deliver(cn->c, s->cfg.key, s->cfg.klen, "sha256", hd);
+        if (!rc)
+            rc = mproc__auth_answer(cn->c, s->cfg.key, s->cfg.klen, hd);
+    }
+    if (!rc)
+        rc = hello(cn, &want_shm, &session);
+    if (!rc) {
+        pthread_mutex_lock(&s->mu);
+        cn->sess = session_join_locked(s, session);
+        pthread_mutex_unlock(&s->mu);
+        if (!cn->sess)
+            rc = MPROC_ENOMEM;
+    }
+    if (!rc && want_shm) {
+        mproc_queue_opts qo = {.max_message = s->cfg.max_message};
+        if ((rc = mproc_simple_queue_new(&cn->req, &qo)) == 0)
+            rc = mproc_simple_queue_new(&cn->rep, &qo);
+    }
+    if (!rc) {
+        cn->out.len = 0;
+        mgr_put_array(&cn->out, 2);
+        mgr_put_int(&cn->out, 0);
+        mgr_put_int(&cn->out, getpid());
+        rc = mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
+        if (!rc && want_shm)
+            rc = send_queues(cn);
+    }
+    while (!rc) {
+        void *req;
+        size_t len;
+        if ((rc = recv_request(cn, &req, &len)) != 0)
+            break;
+        rc = dispatch(cn, req, len);
+        free(req);
+        if (!rc)
+            rc = send_reply(cn);
+        if (atomic_load(&s->stopping)) {
+            /* The owner asked for a shutdown and has its answer: leave now.
+             * Every client sees the sockets close. */
+            _exit(0);
+        }
+    }
+    if (cn->sess) {
+        pthread_mutex_lock(&s->mu);
+        bool last = --cn->sess->nconns == 0;
+        pthread_mutex_unlock(&s->mu);
+        if (last)
+            session_end(s, cn->sess);
+    }
+    mproc_queue_close(cn->req);
+    mproc_queue_close(cn->rep);
+    mproc_connection_close(cn->c);
+    mproc__buf_free(&cn->out);
+    pthread_mutex_lock(&s->mu);
+    s->nconns--;
+    pthread_mutex_unlock(&s->mu);
+    free(cn);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ configuration */
+
+int mgr__config_encode(const mgr_config *c, mproc_buf *b)
+{
+    int rc = mproc__put_str(b, c->address);
+    if (!rc)
+        rc = mproc__put_blob(b, c->key, c->klen);
+    if (!rc)
+        rc = mproc__put_u64(b, c->max_message);
+    if (!rc)
+        rc = mproc__put_u64(b, c->max_clients);
+    if (!rc)
+        rc = mproc__put_u64(b, c->owner_token);
+    if (!rc)
+        rc = mproc__put_u32(b, (uint32_t)c->ntypes);
+    for (size_t i = 0; i < c->ntypes && !rc; i++)
+        rc = mproc__modref_put(b, c->types[i]);
+    return rc;
+}
+
+int mgr__config_decode(const void *p, size_t n, mgr_config *c)
+{
+    mproc_reader r = {p, (const uint8_t *)p + n};
+    const uint8_t *key;
+    uint64_t mm, mc;
+    uint32_t nt;
+    memset(c, 0, sizeof *c);
+    if (mproc__get_str(&r, &c->address) || mproc__get_blob(&r, &key, &c->klen) ||
+        mproc__get_u64(&r, &mm) || mproc__get_u64(&r, &mc) || mproc__get_u64(&r, &c->owner_token) ||
+        mproc__get_u32(&r, &nt) || nt > MGR_MAX_TYPES)
+        return MPROC_EPROTO;
+    if (!(c->key = malloc(c->klen + 1)))
+        return MPROC_ENOMEM;
+    memcpy(c->key, key, c->klen);
+    c->max_message = (size_t)mm;
+    c->max_clients = (size_t)mc;
+    c->ntypes = nt;
+    for (uint32_t i = 0; i < nt; i++) {
+        void *t;
+        int rc = mproc__modref_get(&r, &t);
+        if (rc)
+            return rc;
+        c->types[i] = t;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ the process */
+
+static void report(mproc_connection *ready, int rc, const char *text)
+{
+    mproc_buf b = {0};
+    mgr_put_array(&b, 2);
+    mgr_put_int(&b, rc);
+    mgr_put_str(&b, text, strlen(text));
+    mproc_connection_send_bytes(ready, b.data, b.len);
+    mproc__buf_free(&b);
+}
+
+int mgr__server_main(mproc_args *a)
+{
+    signal(SIGPIPE, SIG_IGN);
+    size_t cfglen;
+    const void *cfgp = mproc_args_bytes(a, 0, &cfglen);
+    mproc_connection *ready = mproc_args_object(a, 1, &mproc_connection_type);
+    static mgr_server srv;
+    mgr_server *s = &srv;
+    if (!cfgp || !ready)
+        return 2;
+    int rc = mgr__config_decode(cfgp, cfglen, &s->cfg);
+    if (rc) {
+        report(ready, rc, "bad server configuration");
+        return 2;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->sync_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->sync_cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    mproc_listener *l;
+    mproc_listener_opts lo = {.backlog = 128, .conn = {.max_message = s->cfg.max_message}};
+    rc = mproc_listener_new(&l, s->cfg.address, &lo);
+    if (rc) {
+        char m[300];
+        snprintf(m, sizeof m, "listen on %s: %s", s->cfg.address, mproc_errmsg());
+        report(ready, rc, m);
+        return 2;
+    }
+    report(ready, 0, mproc_listener_address(l));
+    int owner = mproc__parent_pidfd();
+    for (;;) {
+        struct pollfd p[2] = {{mproc_listener_fileno(l), POLLIN, 0}, {owner, POLLIN, 0}};
+        if (poll(p, owner >= 0 ? 2 : 1, owner >= 0 ? -1 : 1000) < 0 && errno != EINTR)
+            break;
+        if (owner >= 0 ? p[1].revents != 0 : !mproc__parent_alive())
+            break; /* the owner died: so does its server */
+        if (!(p[0].revents & POLLIN))
+            continue;
+        mproc_connection *c;
+        if (mproc_listener_accept(l, &c, 0) != 0)
+            continue;
+        pthread_mutex_lock(&s->mu);
+        bool full = (size_t)s->nconns >= s->cfg.max_clients;
+        if (!full)
+            s->nconns++;
+        pthread_mutex_unlock(&s->mu);
+        mgr_conn *cn = full ? NULL : calloc(1, sizeof *cn);
+        if (!cn) {
+            mproc_connection_close(c);
+            if (!full) {
+                pthread_mutex_lock(&s->mu);
+                s->nconns--;
+                pthread_mutex_unlock(&s->mu);
+            }
+            continue;
+        }
+        cn->s = s;
+        cn->c = c;
+        cn->fd = mproc_connection_fileno(c);
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&at, 1 << 20);
+        if (pthread_create(&th, &at, conn_main, cn) != 0) {
+            mproc_connection_close(c);
+            free(cn);
+            pthread_mutex_lock(&s->mu);
+            s->nconns--;
+            pthread_mutex_unlock(&s->mu);
+        }
+        pthread_attr_destroy(&at);
+    }
+    _exit(0);
+}

@@ -1,0 +1,116 @@
+/* wire.h — the manager protocol, shared by client.c and server.c.
+ *
+ * A client connects to the server's Listener, runs the authkey handshake,
+ * then sends a hello (MessagePack):
+ *   ["mproc-manager", MGR_PROTO, session, want_shm, pid]
+ * and the server answers [0, server_pid] (or [code, message]). When the
+ * client asked for shared memory (unix sockets only) the server then sends,
+ * as one SCM_RIGHTS message on the raw socket, the request and reply queues:
+ *   u32 len1, u32 nfds1, export1, u32 len2, u32 nfds2, export2
+ * After that the socket only tells each side whether the other still lives.
+ *
+ * Requests: [object id, method, [args...], thread id]
+ * Replies:  [0, result] or [code, message]
+ * Object id 0 is the server itself: create [typeid, [args]] -> [id, typeid],
+ * incref [id] -> typeid, decref [id], bind [name, id], lookup [name] ->
+ * [id, typeid], unbind [name], shutdown. */
+#ifndef MPROC_MGR_WIRE_H
+#define MPROC_MGR_WIRE_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MGR_MAGIC "mproc-manager"
+#define MGR_PROTO 1
+#define MGR_DEFAULT_MAX_MESSAGE ((size_t)64 << 20)
+#define MGR_DEFAULT_MAX_CLIENTS 1024
+#define MGR_TYPEID_MAX 63
+/* MessagePack ext type of a reference to a managed object. Payload: the
+ * object id as 8 bytes big-endian, then the typeid bytes (no NUL). */
+#define MGR_EXT_REF 77
+/* A blocked wait (server method, client reply) checks that its peer is
+ * alive this often. */
+#define MGR_SLICE_S 0.1
+
+/* How long one put of `len` bytes may take before we look whether the peer
+ * still lives: a message larger than the ring streams through it, and a put
+ * that times out midway is dropped whole (then retried), so big messages
+ * get a slice that covers their copy. */
+static inline double mgr_put_slice(size_t len)
+{
+    return 0.1 + (double)len / 20e6;
+}
+
+static inline int mgr_put_raw(mproc_buf *b, const void *p, size_t n)
+{
+    return mproc_buf_append(b, p, n);
+}
+
+static inline int mgr_put_array(mproc_buf *b, uint32_t n)
+{
+    uint8_t h[5];
+    if (n < 16) {
+        h[0] = (uint8_t)(0x90 | n);
+        return mgr_put_raw(b, h, 1);
+    }
+    h[0] = 0xdd;
+    h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
+    return mgr_put_raw(b, h, 5);
+}
+
+static inline int mgr_put_int(mproc_buf *b, int64_t v)
+{
+    uint8_t h[9];
+    if (v >= 0 && v < 128) {
+        h[0] = (uint8_t)v;
+        return mgr_put_raw(b, h, 1);
+    }
+    if (v < 0 && v >= -32) {
+        h[0] = (uint8_t)(int8_t)v;
+        return mgr_put_raw(b, h, 1);
+    }
+    uint64_t u = (uint64_t)v;
+    h[0] = v < 0 ? 0xd3 : 0xcf;
+    for (int i = 0; i < 8; i++)
+        h[1 + i] = (uint8_t)(u >> (56 - 8 * i));
+    return mgr_put_raw(b, h, 9);
+}
+
+static inline int mgr_put_str(mproc_buf *b, const char *s, size_t n)
+{
+    uint8_t h[5];
+    size_t hl;
+    if (n < 32) {
+        h[0] = (uint8_t)(0xa0 | n);
+        hl = 1;
+    } else if (n < 256) {
+        h[0] = 0xd9, h[1] = (uint8_t)n;
+        hl = 2;
+    } else {
+        h[0] = 0xdb;
+        h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
+        hl = 5;
+    }
+    int rc = mgr_put_raw(b, h, hl);
+    return rc ? rc : mgr_put_raw(b, s, n);
+}
+
+static inline int mgr_put_nil(mproc_buf *b)
+{
+    uint8_t h = 0xc0;
+    return mgr_put_raw(b, &h, 1);
+}
+
+/* Ref payload: 8-byte big-endian id + typeid. */
+static inline size_t mgr_ref_payload(uint8_t *out, uint64_t id, const char *typeid)
+{
+    size_t tl = strlen(typeid);
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(id >> (56 - 8 * i));
+    memcpy(out + 8, typeid, tl);
+    return 8 + tl;
+}
+
+#endif
