@@ -70,6 +70,16 @@ bool mproc__utf8_valid(const uint8_t *p, size_t n);
  * Takes ownership of key and val in every case. */
 int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_value **old_key,
                    mproc_value **old);
+/* Make room so that the next `extra` appends/inserts (list) or new keys
+ * (map) cannot fail for lack of memory: for callers that must do something
+ * hard to undo (take references) before storing. 0, MPROC_ENOMEM,
+ * MPROC_EINVAL (not a list or map). */
+int mproc__reserve(mproc_value *v, size_t extra);
+/* Hand over the items of a list / the entries of a map: returns the array
+ * (malloc'd, or NULL when empty; the caller owns every element and frees
+ * the array) and its length in *n, and leaves `v` empty. */
+mproc_value **mproc__list_detach(mproc_value *list, size_t *n);
+mproc__entry *mproc__map_detach(mproc_value *map, size_t *n);
 /* Resolve zero fields of `lim` to the defaults and cap the depth. */
 mproc_decode_limits mproc__limits(const mproc_decode_limits *lim);
 /* Deep copy counting every node against *budget (fails with NULL and

@@ -377,8 +377,10 @@ static int index_rebuild(mproc_value *m, size_t icap)
     return 0;
 }
 
-/* Index of an entry whose key equals k, or SIZE_MAX. */
-static size_t map_find(const mproc_value *m, const mproc_value *k)
+/* Index of an entry whose key equals k, or SIZE_MAX. With an index, *slot
+ * (if not NULL) receives the empty index slot where the probe for a missing
+ * key ended: where that key goes, so an insert hashes it only once. */
+static size_t map_probe(const mproc_value *m, const mproc_value *k, size_t *slot)
 {
     if (!m->u.m.icap) {
         for (size_t i = 0; i < m->u.m.n; i++)
@@ -392,8 +394,12 @@ static size_t map_find(const mproc_value *m, const mproc_value *k)
         if (mproc_value_equal(m->u.m.e[i].key, k))
             return i;
     }
+    if (slot)
+        *slot = s;
     return SIZE_MAX;
 }
+
+static size_t map_find(const mproc_value *m, const mproc_value *k) { return map_probe(m, k, NULL); }
 
 int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_value **old_key,
                    mproc_value **old)
@@ -412,7 +418,7 @@ int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_v
         rc = mproc__fail(MPROC_EINVAL, "map_set: a list, map or error cannot be a key");
         goto fail;
     }
-    size_t i = map_find(map, key);
+    size_t slot = 0, i = map_probe(map, key, &slot);
     if (i != SIZE_MAX) {
         *old_key = key; /* Python keeps the first key object too */
         *old = map->u.m.e[i].val;
@@ -450,10 +456,8 @@ int mproc__map_set(mproc_value *map, mproc_value *key, mproc_value *val, mproc_v
                 goto fail;
             }
         } else {
-            size_t mask = map->u.m.icap - 1, s = (size_t)key_hash(key) & mask;
-            while (map->u.m.index[s])
-                s = (s + 1) & mask;
-            map->u.m.index[s] = (uint32_t)(n + 1);
+            assert(!map->u.m.index[slot]); /* the probe's end, still empty */
+            map->u.m.index[slot] = (uint32_t)(n + 1);
         }
     }
     grow_height(map, key);
@@ -555,6 +559,78 @@ int mproc_value_map_del(mproc_value *map, const mproc_value *key)
         return MPROC_ENOENT;
     mproc_value_free(v);
     return 0;
+}
+
+/* The capacity to grow to for `want` elements: doubling, at least want. */
+static size_t grown_cap(size_t cap, size_t want, size_t elem)
+{
+    size_t c = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+    if (c < want)
+        c = want;
+    return c > SIZE_MAX / elem ? 0 : c;
+}
+
+int mproc__reserve(mproc_value *v, size_t extra)
+{
+    if (v && v->type == MPROC_V_LIST) {
+        if (extra > SIZE_MAX - v->u.l.n)
+            return MPROC_ENOMEM;
+        size_t want = v->u.l.n + extra;
+        if (want <= v->u.l.cap)
+            return 0;
+        size_t cap = grown_cap(v->u.l.cap, want, sizeof *v->u.l.v);
+        mproc_value **a = cap ? realloc(v->u.l.v, cap * sizeof *a) : NULL;
+        if (!a)
+            return MPROC_ENOMEM;
+        v->u.l.v = a;
+        v->u.l.cap = cap;
+        return 0;
+    }
+    if (!v || v->type != MPROC_V_MAP)
+        return mproc__fail(MPROC_EINVAL, "reserve: not a list or map");
+    if (extra >= UINT32_MAX - 1 - v->u.m.n)
+        return MPROC_ENOMEM;
+    size_t want = v->u.m.n + extra;
+    if (want > v->u.m.cap) {
+        size_t cap = grown_cap(v->u.m.cap, want, sizeof *v->u.m.e);
+        mproc__entry *e = cap ? realloc(v->u.m.e, cap * sizeof *e) : NULL;
+        if (!e)
+            return MPROC_ENOMEM;
+        v->u.m.e = e;
+        v->u.m.cap = cap;
+    }
+    /* the index map_set would build on its way to `want` entries */
+    if ((v->u.m.icap || want > 8) && want * 2 > v->u.m.icap) {
+        size_t icap = 16;
+        while (icap < want * 2)
+            icap *= 2;
+        return index_rebuild(v, icap);
+    }
+    return 0;
+}
+
+mproc_value **mproc__list_detach(mproc_value *list, size_t *n)
+{
+    assert(list->type == MPROC_V_LIST);
+    mproc_value **items = list->u.l.v;
+    *n = list->u.l.n;
+    list->u.l.v = NULL;
+    list->u.l.n = list->u.l.cap = 0;
+    list->height = 1;
+    return items;
+}
+
+mproc__entry *mproc__map_detach(mproc_value *map, size_t *n)
+{
+    assert(map->type == MPROC_V_MAP);
+    mproc__entry *e = map->u.m.e;
+    *n = map->u.m.n;
+    free(map->u.m.index);
+    map->u.m.e = NULL;
+    map->u.m.index = NULL;
+    map->u.m.n = map->u.m.cap = map->u.m.icap = 0;
+    map->height = 1;
+    return e;
 }
 
 /* ------------------------------------------------------------ accessors */
