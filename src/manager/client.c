@@ -140,10 +140,9 @@ static int recv_queues(cconn *cc)
                 break;
             have = used + 8;
         }
-        uint32_t len = (uint32_t)buf[used] << 24 | (uint32_t)buf[used + 1] << 16 |
-                       (uint32_t)buf[used + 2] << 8 | buf[used + 3];
-        uint32_t nf = (uint32_t)buf[used + 4] << 24 | (uint32_t)buf[used + 5] << 16 |
-                      (uint32_t)buf[used + 6] << 8 | buf[used + 7];
+        uint32_t len, nf; /* native order, as mproc__put_u32 writes them */
+        memcpy(&len, buf + used, 4);
+        memcpy(&nf, buf + used + 4, 4);
         used += 8;
         if (len > sizeof buf - used - 8 || nf > nfds - fdi) {
             rc = MPROC_EPROTO;
@@ -1153,12 +1152,14 @@ int mproc_dict_del(mproc_proxy *d, const mproc_value *key) { return pcall(d, "de
 int mproc_dict_contains(mproc_proxy *d, const mproc_value *key, bool *out)
 {
     mproc_value *r;
-    return want_bool(pcall(d, "contains", A(key), 1, &r), r, out);
+    int rc = pcall(d, "contains", A(key), 1, &r);
+    return want_bool(rc, r, out);
 }
 int mproc_dict_len(mproc_proxy *d, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(d, "len", NULL, 0, &r), r, out);
+    int rc = pcall(d, "len", NULL, 0, &r);
+    return want_size(rc, r, out);
 }
 int mproc_dict_keys(mproc_proxy *d, mproc_value **out) { return pcall(d, "keys", NULL, 0, out); }
 int mproc_dict_values(mproc_proxy *d, mproc_value **out) { return pcall(d, "values", NULL, 0, out); }
@@ -1215,7 +1216,8 @@ int mproc_list_remove(mproc_proxy *l, const mproc_value *v) { return pcall(l, "r
 int mproc_list_len(mproc_proxy *l, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(l, "len", NULL, 0, &r), r, out);
+    int rc = pcall(l, "len", NULL, 0, &r);
+    return want_size(rc, r, out);
 }
 int mproc_list_reverse(mproc_proxy *l) { return call0(l, "reverse"); }
 int mproc_list_sort(mproc_proxy *l, bool reverse)
@@ -1225,12 +1227,14 @@ int mproc_list_sort(mproc_proxy *l, bool reverse)
 int mproc_list_index(mproc_proxy *l, const mproc_value *v, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(l, "index", A(v), 1, &r), r, out);
+    int rc = pcall(l, "index", A(v), 1, &r);
+    return want_size(rc, r, out);
 }
 int mproc_list_count(mproc_proxy *l, const mproc_value *v, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(l, "count", A(v), 1, &r), r, out);
+    int rc = pcall(l, "count", A(v), 1, &r);
+    return want_size(rc, r, out);
 }
 int mproc_list_copy(mproc_proxy *l, mproc_value **out) { return pcall(l, "copy", NULL, 0, out); }
 
@@ -1270,17 +1274,20 @@ int mproc_mqueue_get(mproc_proxy *q, mproc_value **out, double timeout)
 int mproc_mqueue_qsize(mproc_proxy *q, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(q, "qsize", NULL, 0, &r), r, out);
+    int rc = pcall(q, "qsize", NULL, 0, &r);
+    return want_size(rc, r, out);
 }
 int mproc_mqueue_empty(mproc_proxy *q, bool *out)
 {
     mproc_value *r;
-    return want_bool(pcall(q, "empty", NULL, 0, &r), r, out);
+    int rc = pcall(q, "empty", NULL, 0, &r);
+    return want_bool(rc, r, out);
 }
 int mproc_mqueue_full(mproc_proxy *q, bool *out)
 {
     mproc_value *r;
-    return want_bool(pcall(q, "full", NULL, 0, &r), r, out);
+    int rc = pcall(q, "full", NULL, 0, &r);
+    return want_bool(rc, r, out);
 }
 int mproc_mqueue_task_done(mproc_proxy *q) { return call0(q, "task_done"); }
 int mproc_mqueue_join(mproc_proxy *q, double timeout)
@@ -1291,7 +1298,8 @@ int mproc_mqueue_join(mproc_proxy *q, double timeout)
 int mproc_mlock_acquire(mproc_proxy *l, double timeout)
 {
     mproc_value *r;
-    return want_ok(call_tmp(l, "acquire", tmo(timeout), NULL, &r), r, MPROC_ETIMEDOUT);
+    int rc = call_tmp(l, "acquire", tmo(timeout), NULL, &r);
+    return want_ok(rc, r, MPROC_ETIMEDOUT);
 }
 int mproc_mlock_release(mproc_proxy *l) { return call0(l, "release"); }
 int mproc_msemaphore_acquire(mproc_proxy *s, double timeout) { return mproc_mlock_acquire(s, timeout); }
@@ -1299,7 +1307,8 @@ int mproc_msemaphore_release(mproc_proxy *s) { return call0(s, "release"); }
 int mproc_msemaphore_value(mproc_proxy *s, int64_t *out)
 {
     mproc_value *r;
-    return want_int(pcall(s, "get_value", NULL, 0, &r), r, out);
+    int rc = pcall(s, "get_value", NULL, 0, &r);
+    return want_int(rc, r, out);
 }
 
 int mproc_mcondition_acquire(mproc_proxy *c, double timeout) { return mproc_mlock_acquire(c, timeout); }
@@ -1307,7 +1316,8 @@ int mproc_mcondition_release(mproc_proxy *c) { return call0(c, "release"); }
 int mproc_mcondition_wait(mproc_proxy *c, double timeout)
 {
     mproc_value *r;
-    return want_ok(call_tmp(c, "wait", tmo(timeout), NULL, &r), r, MPROC_ETIMEDOUT);
+    int rc = call_tmp(c, "wait", tmo(timeout), NULL, &r);
+    return want_ok(rc, r, MPROC_ETIMEDOUT);
 }
 int mproc_mcondition_notify(mproc_proxy *c, unsigned n)
 {
@@ -1320,19 +1330,22 @@ int mproc_mevent_clear(mproc_proxy *e) { return call0(e, "clear"); }
 int mproc_mevent_is_set(mproc_proxy *e, bool *out)
 {
     mproc_value *r;
-    return want_bool(pcall(e, "is_set", NULL, 0, &r), r, out);
+    int rc = pcall(e, "is_set", NULL, 0, &r);
+    return want_bool(rc, r, out);
 }
 int mproc_mevent_wait(mproc_proxy *e, double timeout)
 {
     mproc_value *r;
-    return want_ok(call_tmp(e, "wait", tmo(timeout), NULL, &r), r, MPROC_ETIMEDOUT);
+    int rc = call_tmp(e, "wait", tmo(timeout), NULL, &r);
+    return want_ok(rc, r, MPROC_ETIMEDOUT);
 }
 
 int mproc_mbarrier_wait(mproc_proxy *b, double timeout, unsigned *index)
 {
     mproc_value *r;
     int64_t i = 0;
-    int rc = want_int(call_tmp(b, "wait", tmo(timeout), NULL, &r), r, &i);
+    int rc = call_tmp(b, "wait", tmo(timeout), NULL, &r);
+    rc = want_int(rc, r, &i);
     if (!rc && index)
         *index = (unsigned)i;
     return rc;
@@ -1343,7 +1356,8 @@ int mproc_mbarrier_n_waiting(mproc_proxy *b, unsigned *out)
 {
     mproc_value *r;
     int64_t n = 0;
-    int rc = want_int(pcall(b, "n_waiting", NULL, 0, &r), r, &n);
+    int rc = pcall(b, "n_waiting", NULL, 0, &r);
+    rc = want_int(rc, r, &n);
     if (!rc && out)
         *out = (unsigned)n;
     return rc;
@@ -1351,7 +1365,8 @@ int mproc_mbarrier_n_waiting(mproc_proxy *b, unsigned *out)
 int mproc_mbarrier_broken(mproc_proxy *b, bool *out)
 {
     mproc_value *r;
-    return want_bool(pcall(b, "broken", NULL, 0, &r), r, out);
+    int rc = pcall(b, "broken", NULL, 0, &r);
+    return want_bool(rc, r, out);
 }
 
 int mproc_mvalue_get(mproc_proxy *v, mproc_value **out) { return pcall(v, "get", NULL, 0, out); }
@@ -1366,7 +1381,8 @@ int mproc_mvalue_add(mproc_proxy *v, double delta, mproc_value **out)
 int mproc_marray_len(mproc_proxy *a, size_t *out)
 {
     mproc_value *r;
-    return want_size(pcall(a, "len", NULL, 0, &r), r, out);
+    int rc = pcall(a, "len", NULL, 0, &r);
+    return want_size(rc, r, out);
 }
 int mproc_marray_get(mproc_proxy *a, int64_t i, mproc_value **out)
 {
