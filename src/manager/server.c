@@ -595,16 +595,12 @@ static mgr_session *session_join_locked(mgr_server *s, uint64_t id)
     return x;
 }
 
-/* The last connection of a process closed: drop its references and the
- * locks it held. */
+/* The last connection of a process closed (and `x` left the list with it):
+ * drop its references and the locks it held. A connection of the same
+ * process that arrives later starts a new session. */
 static void session_end(mgr_server *s, mgr_session *x)
 {
     pthread_mutex_lock(&s->mu);
-    for (mgr_session **pp = &s->sessions; *pp; pp = &(*pp)->next)
-        if (*pp == x) {
-            *pp = x->next;
-            break;
-        }
     /* Blocking objects to tell, each held while we do. */
     size_t nb = 0;
     mgr_obj **bl = NULL;
@@ -736,7 +732,7 @@ static int srv_create(mgr_call *c, mproc_value *args, mproc_value **result)
 static int srv_incref(mgr_call *c, mproc_value *args, mproc_value **result)
 {
     mgr_server *s = c->srv;
-    int64_t id;
+    int64_t id = 0;
     int rc = mgr_args_count(c, "incref", args, 1, 1);
     if (rc || (rc = mgr_arg_int(c, args, 0, &id)) != 0)
         return rc;
@@ -758,7 +754,7 @@ static int srv_incref(mgr_call *c, mproc_value *args, mproc_value **result)
 static int srv_decref(mgr_call *c, mproc_value *args)
 {
     mgr_server *s = c->srv;
-    int64_t id;
+    int64_t id = 0;
     int rc = mgr_args_count(c, "decref", args, 1, 1);
     if (rc || (rc = mgr_arg_int(c, args, 0, &id)) != 0)
         return rc;
@@ -788,7 +784,7 @@ static name_ent *find_name_locked(mgr_server *s, const char *name)
 static int srv_bind(mgr_call *c, mproc_value *args)
 {
     mgr_server *s = c->srv;
-    int64_t id;
+    int64_t id = 0;
     int rc = mgr_args_count(c, "bind", args, 2, 2);
     if (rc || (rc = mgr_arg_int(c, args, 1, &id)) != 0)
         return rc;
@@ -861,7 +857,7 @@ static int server_method(mgr_call *c, const char *method, mproc_value *args,
     if (strcmp(method, "ping") == 0)
         return 0;
     if (strcmp(method, "shutdown") == 0) {
-        int64_t token;
+        int64_t token = 0;
         if (mgr_args_count(c, "shutdown", args, 1, 1) || mgr_arg_int(c, args, 0, &token) ||
             (uint64_t)token != c->srv->cfg.owner_token)
             return mgr_fail(c, MPROC_EPERM, "PermissionError: only the manager's owner may shut it down");
@@ -1080,6 +1076,12 @@ static void *conn_main(void *arg)
     if (cn->sess) {
         pthread_mutex_lock(&s->mu);
         bool last = --cn->sess->nconns == 0;
+        if (last)
+            for (mgr_session **pp = &s->sessions; *pp; pp = &(*pp)->next)
+                if (*pp == cn->sess) {
+                    *pp = cn->sess->next;
+                    break;
+                }
         pthread_mutex_unlock(&s->mu);
         if (last)
             session_end(s, cn->sess);
