@@ -44,8 +44,9 @@
  * threads at once (each thread that calls concurrently gets a connection of
  * its own). Proxies are shareable objects: pass them to children with
  * mproc_args_add_object(args, &mproc_proxy_type, p) under any start method.
- * A fork child may also use the parent's handle and proxies directly: its
- * first call opens connections of its own. Keep the parent's proxy alive
+ * A fork child may also use the parent's handle and proxies directly: it
+ * drops the inherited connections at fork and opens its own at its first
+ * call. Keep the parent's proxy alive
  * until children that received it have started using it. */
 #ifndef MPROC_MANAGER_H
 #define MPROC_MANAGER_H
@@ -208,7 +209,7 @@ int mproc_manager_unbind(mproc_manager *m, const char *name);
 /* Call `method` on the object with argv[0..argc) (borrowed values; argv may
  * be NULL when argc is 0). On success *result (if not NULL) receives a new
  * value (nil when the method returns nothing) that you free. Method names
- * and arguments of the built-in types are listed in docs/manager.md.
+ * and arguments of the built-in types are listed in docs/manager-methods.md.
  * Errors: the method's code with mproc_errmsg(), MPROC_ENOSYS (no such
  * method), MPROC_ENOENT (object gone), MPROC_EMSGSIZE (over max_message),
  * MPROC_ECLOSED (server gone), MPROC_EPROTO. */

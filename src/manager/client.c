@@ -33,7 +33,8 @@ typedef struct cconn {
     int fd;
     mproc_queue *req, *rep;
     mproc_buf buf;
-    struct cconn *next;
+    struct cconn *next;             /* in the free list */
+    struct cconn *all_prev, *all_next; /* in the handle's list of every connection */
 } cconn;
 
 struct mproc_manager {
@@ -51,8 +52,10 @@ struct mproc_manager {
     atomic_int pid;           /* the process the connections belong to */
     uint64_t session;
     cconn *free;              /* idle connections */
+    cconn *all;               /* every connection, idle or in use */
     int imported_refs;        /* proxies imported into this process (registry handles) */
     struct mproc_manager *reg_next;
+    struct mproc_manager *h_prev, *h_next; /* every handle of the process */
 };
 
 struct mproc_proxy {
@@ -69,16 +72,41 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static mproc_manager *registry; /* handles made by importing proxies */
 static atomic_int pid_cache;
+static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+static mproc_manager *handles; /* every handle, for the fork child */
 
+static void fork_reset(mproc_manager *m);
+
+/* In a fork child: the parent's connections are not ours. Close our copies
+ * of their fds at once (not at the first call), so a parent that dies is
+ * noticed by the server even while this child lives and never calls it. */
 static void atfork_child(void)
 {
     atomic_store(&pid_cache, 0);
     pthread_mutex_init(&reg_mu, NULL);
+    pthread_mutex_init(&handles_mu, NULL);
+    for (mproc_manager *m = handles; m; m = m->h_next)
+        fork_reset(m);
+}
+
+/* Hold every list still across fork, so the child walks consistent ones. */
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&handles_mu);
+    for (mproc_manager *m = handles; m; m = m->h_next)
+        pthread_mutex_lock(&m->mu);
+}
+
+static void atfork_parent(void)
+{
+    for (mproc_manager *m = handles; m; m = m->h_next)
+        pthread_mutex_unlock(&m->mu);
+    pthread_mutex_unlock(&handles_mu);
 }
 
 static void init_once(void)
 {
-    pthread_atfork(NULL, NULL, atfork_child);
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 static pid_t my_pid(void)
@@ -105,6 +133,7 @@ static void cconn_close(cconn *cc)
 {
     if (!cc)
         return;
+    /* unlinked from the handle's list by the caller */
     mproc_queue_close(cc->req);
     mproc_queue_close(cc->rep);
     mproc_connection_close(cc->c);
@@ -173,7 +202,7 @@ static int recv_queues(cconn *cc)
     }
     cc->req = qs[0];
     cc->rep = qs[1];
-    mproc__queue_set_spin(cc->rep, -1);
+    mproc__queue_set_yield(cc->rep, MGR_YIELD_POLLS);
     return 0;
 }
 
@@ -238,19 +267,45 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
     return 0;
 }
 
-/* Forget connections inherited through fork: close our copies only. */
+/* Forget connections inherited through fork (every one: those in use by
+ * parent threads too, which do not exist here): close our copies only. */
 static void fork_reset(mproc_manager *m)
 {
     pthread_mutex_init(&m->mu, NULL);
-    cconn *cc = m->free;
-    m->free = NULL;
+    cconn *cc = m->all;
+    m->all = m->free = NULL;
     while (cc) {
-        cconn *next = cc->next;
+        cconn *next = cc->all_next;
         cconn_close(cc);
         cc = next;
     }
     m->session = random_u64();
-    m->imported_refs = 0;
+    atomic_store(&m->pid, my_pid());
+}
+
+static void conn_link(mproc_manager *m, cconn *cc)
+{
+    pthread_mutex_lock(&m->mu);
+    cc->all_prev = NULL;
+    cc->all_next = m->all;
+    if (m->all)
+        m->all->all_prev = cc;
+    m->all = cc;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Close a connection that is not in the free list. */
+static void conn_drop(mproc_manager *m, cconn *cc)
+{
+    pthread_mutex_lock(&m->mu);
+    if (cc->all_prev)
+        cc->all_prev->all_next = cc->all_next;
+    else if (m->all == cc)
+        m->all = cc->all_next;
+    if (cc->all_next)
+        cc->all_next->all_prev = cc->all_prev;
+    pthread_mutex_unlock(&m->mu);
+    cconn_close(cc);
 }
 
 static int conn_get(mproc_manager *m, cconn **out)
@@ -258,7 +313,7 @@ static int conn_get(mproc_manager *m, cconn **out)
     pid_t me = my_pid();
     int old = atomic_load(&m->pid);
     if (old != me && atomic_compare_exchange_strong(&m->pid, &old, me))
-        fork_reset(m);
+        fork_reset(m); /* a child made without our atfork handler (raw clone) */
     pthread_mutex_lock(&m->mu);
     cconn *cc = m->free;
     if (cc)
@@ -269,7 +324,10 @@ static int conn_get(mproc_manager *m, cconn **out)
         *out = cc;
         return 0;
     }
-    return cconn_open(m, session, out);
+    int rc = cconn_open(m, session, out);
+    if (!rc)
+        conn_link(m, *out);
+    return rc;
 }
 
 static void conn_put(mproc_manager *m, cconn *cc)
@@ -349,7 +407,7 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
     if (!rc)
         rc = recv_rep(cc, &rep, &rlen);
     if (rc) {
-        cconn_close(cc); /* the connection is out of step or dead */
+        conn_drop(m, cc); /* the connection is out of step or dead */
         if (rc == MPROC_ECLOSED || rc == MPROC_ECONNRESET || rc == MPROC_EPIPE)
             return mproc__fail(MPROC_ECLOSED, "manager: the server at %s is gone", m->cfg.address);
         return rc;
@@ -393,6 +451,12 @@ static mproc_manager *handle_new(const mproc_manager_opts *o)
     m->ctx = o ? o->ctx : NULL;
     atomic_store(&m->pid, my_pid());
     m->session = random_u64();
+    pthread_mutex_lock(&handles_mu);
+    m->h_next = handles;
+    if (handles)
+        handles->h_prev = m;
+    handles = m;
+    pthread_mutex_unlock(&handles_mu);
     return m;
 }
 
@@ -576,18 +640,20 @@ int mproc_manager_connect(mproc_manager **out, const char *address,
     return 0;
 }
 
+/* Close every idle connection (all of them when no call is running). */
 static void drop_conns(mproc_manager *m)
 {
     if (atomic_load(&m->pid) != my_pid())
         fork_reset(m);
-    pthread_mutex_lock(&m->mu);
-    cconn *cc = m->free;
-    m->free = NULL;
-    pthread_mutex_unlock(&m->mu);
-    while (cc) {
-        cconn *next = cc->next;
-        cconn_close(cc);
-        cc = next;
+    for (;;) {
+        pthread_mutex_lock(&m->mu);
+        cconn *cc = m->free;
+        if (cc)
+            m->free = cc->next;
+        pthread_mutex_unlock(&m->mu);
+        if (!cc)
+            return;
+        conn_drop(m, cc);
     }
 }
 
@@ -625,6 +691,14 @@ int mproc_manager_join(mproc_manager *m, double timeout)
 static void handle_destroy(mproc_manager *m)
 {
     drop_conns(m);
+    pthread_mutex_lock(&handles_mu);
+    if (m->h_prev)
+        m->h_prev->h_next = m->h_next;
+    else if (handles == m)
+        handles = m->h_next;
+    if (m->h_next)
+        m->h_next->h_prev = m->h_prev;
+    pthread_mutex_unlock(&handles_mu);
     free(m->cfg.address);
     free(m->cfg.key);
     pthread_mutex_destroy(&m->mu);
@@ -647,7 +721,7 @@ void mproc_manager_free(mproc_manager *m)
 
 const char *mproc_manager_address(const mproc_manager *m)
 {
-    return m && m->cfg.address && (m->started || !m->proc) ? m->cfg.address : "";
+    return m && m->cfg.address && (m->started || m->connected) ? m->cfg.address : "";
 }
 
 const void *mproc_manager_authkey(const mproc_manager *m, size_t *len)

@@ -1048,6 +1048,8 @@ static void *conn_main(void *arg)
         mproc_queue_opts qo = {.max_message = s->cfg.max_message};
         if ((rc = mproc_simple_queue_new(&cn->req, &qo)) == 0)
             rc = mproc_simple_queue_new(&cn->rep, &qo);
+        if (!rc)
+            mproc__queue_set_yield(cn->req, MGR_YIELD_POLLS);
     }
     if (!rc) {
         cn->out.len = 0;

@@ -33,6 +33,11 @@
 /* A blocked wait (server method, client reply) checks that its peer is
  * alive this often. */
 #define MGR_SLICE_S 0.1
+/* A side waiting for the other polls this many times, giving the CPU away
+ * between polls, before it sleeps: the peer it waits for may need this very
+ * core (8 clients and their server threads on 2 cores), and a pause-spin
+ * would starve it. */
+#define MGR_YIELD_POLLS 100
 
 /* How long one put of `len` bytes may take before we look whether the peer
  * still lives: a message larger than the ring streams through it, and a put

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/membarrier.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -113,6 +114,7 @@ struct mproc_queue {
     uint8_t *ring;
     uint64_t cap, mask;
     _Atomic int spin; /* polls before a waiter of this handle sleeps */
+    _Atomic bool yield; /* poll with sched_yield() between polls, not pauses */
 };
 
 static inline void cpu_relax(void)
@@ -252,9 +254,14 @@ static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t ar
      * gap of ~SPIN_GAP pauses lets a backlog form, which is then drained
      * without touching the producer's line. */
     int spin = atomic_load_explicit(&((mproc_queue *)q)->spin, memory_order_relaxed);
+    bool yield = atomic_load_explicit(&((mproc_queue *)q)->yield, memory_order_relaxed);
     for (int i = 0; i < spin; i++) {
         if (ready(q, arg))
             return 0;
+        if (yield) {
+            sched_yield();
+            continue;
+        }
         for (int k = 0; k < SPIN_GAP; k++)
             cpu_relax();
     }
@@ -1044,4 +1051,10 @@ const mproc_shareable_type mproc_queue_type = {"mproc.queue", q_export, q_import
 void mproc__queue_set_spin(mproc_queue *q, int polls)
 {
     atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
+}
+
+void mproc__queue_set_yield(mproc_queue *q, int polls)
+{
+    atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
+    atomic_store_explicit(&q->yield, true, memory_order_relaxed);
 }
