@@ -129,7 +129,8 @@ int mproc_manager_start(mproc_manager *m);
  * address and key (opts->authkey; opts->address is ignored). The handle
  * cannot shut the server down; free it when done.
  * 0, MPROC_EAUTH (wrong key), MPROC_ECONNREFUSED, MPROC_ENOENT,
- * MPROC_ETIMEDOUT, MPROC_EPROTO (not a manager), MPROC_EINVAL. */
+ * MPROC_ETIMEDOUT, MPROC_EPROTO (not a manager), MPROC_EAGAIN (the server
+ * is at max_clients), MPROC_EINVAL. */
 int mproc_manager_connect(mproc_manager **out, const char *address,
                           const mproc_manager_opts *opts);
 

@@ -133,6 +133,7 @@ struct mgr_server {
     atomic_bool stopping;
 
     mgr_config cfg;
+    mproc_listener *listener;
 };
 
 struct mgr_conn {
@@ -142,6 +143,7 @@ struct mgr_conn {
     mproc_queue *req, *rep; /* shared-memory channel, or NULL for the socket */
     mgr_session *sess;
     mproc_buf out;
+    bool refuse; /* over max_clients: answer the hello with MPROC_EAGAIN */
 };
 
 /* ------------------------------------------------------------ calls */
@@ -184,7 +186,9 @@ int mgr_sync_wait(mgr_call *c, mproc_deadline d)
         until = d.ns;
     struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
     pthread_cond_timedwait(&c->srv->sync_cv, &c->srv->sync_mu, &ts);
-    return 0;
+    /* Look again after the sleep: a caller that died while we slept must not
+     * take the item or unit that woke us (it would be lost with it). */
+    return mgr_cancelled(c) ? MPROC_ECLOSED : 0;
 }
 
 void mgr_sync_broadcast(mgr_server *s)
@@ -1022,6 +1026,13 @@ static int hello(mgr_conn *cn, bool *want_shm, uint64_t *session)
     return 0;
 }
 
+/* Leave at once (threads may be anywhere): remove a socket file first. */
+static _Noreturn void server_exit(mgr_server *s)
+{
+    mproc_listener_close(s->listener); /* unlinks a unix path socket */
+    _exit(0);
+}
+
 static void *conn_main(void *arg)
 {
     mgr_conn *cn = arg;
@@ -1037,6 +1048,16 @@ static void *conn_main(void *arg)
     }
     if (!rc)
         rc = hello(cn, &want_shm, &session);
+    if (!rc && cn->refuse) {
+        char m[96];
+        snprintf(m, sizeof m, "the server is at its client limit (%zu)", s->cfg.max_clients);
+        cn->out.len = 0;
+        mgr_put_array(&cn->out, 2);
+        mgr_put_int(&cn->out, MPROC_EAGAIN);
+        mgr_put_str(&cn->out, m, strlen(m));
+        mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
+        rc = MPROC_EAGAIN;
+    }
     if (!rc) {
         pthread_mutex_lock(&s->mu);
         cn->sess = session_join_locked(s, session);
@@ -1072,7 +1093,7 @@ static void *conn_main(void *arg)
         if (atomic_load(&s->stopping)) {
             /* The owner asked for a shutdown and has its answer: leave now.
              * Every client sees the sockets close. */
-            _exit(0);
+            server_exit(s);
         }
     }
     if (cn->sess) {
@@ -1190,6 +1211,7 @@ int mgr__server_main(mproc_args *a)
         report(ready, rc, m);
         return 2;
     }
+    s->listener = l;
     report(ready, 0, mproc_listener_address(l));
     int owner = mproc__parent_pidfd();
     for (;;) {
@@ -1203,21 +1225,25 @@ int mgr__server_main(mproc_args *a)
         mproc_connection *c;
         if (mproc_listener_accept(l, &c, 0) != 0)
             continue;
+        /* Up to 16 connections over the limit get a thread that tells them
+         * why they are refused; beyond that they are just closed. */
         pthread_mutex_lock(&s->mu);
-        bool full = (size_t)s->nconns >= s->cfg.max_clients;
-        if (!full)
+        bool refuse = (size_t)s->nconns >= s->cfg.max_clients;
+        bool drop = (size_t)s->nconns >= s->cfg.max_clients + 16;
+        if (!drop)
             s->nconns++;
         pthread_mutex_unlock(&s->mu);
-        mgr_conn *cn = full ? NULL : calloc(1, sizeof *cn);
+        mgr_conn *cn = drop ? NULL : calloc(1, sizeof *cn);
         if (!cn) {
             mproc_connection_close(c);
-            if (!full) {
+            if (!drop) {
                 pthread_mutex_lock(&s->mu);
                 s->nconns--;
                 pthread_mutex_unlock(&s->mu);
             }
             continue;
         }
+        cn->refuse = refuse;
         cn->s = s;
         cn->c = c;
         cn->fd = mproc_connection_fileno(c);
@@ -1235,5 +1261,5 @@ int mgr__server_main(mproc_args *a)
         }
         pthread_attr_destroy(&at);
     }
-    _exit(0);
+    server_exit(s);
 }
