@@ -31,6 +31,7 @@
 typedef struct cconn {
     mproc_connection *c;
     int fd;
+    int64_t key; /* names this connection in requests on the shared queue */
     mproc_queue *req, *rep;
     mproc_buf buf;
     struct cconn *next;             /* in the free list */
@@ -202,7 +203,7 @@ static int recv_queues(cconn *cc)
     }
     cc->req = qs[0];
     cc->rep = qs[1];
-    mproc__queue_set_yield(cc->rep, MGR_YIELD_POLLS);
+    mproc__queue_set_wait(cc->rep, MGR_SPIN_POLLS, MGR_YIELD_POLLS);
     return 0;
 }
 
@@ -243,7 +244,7 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
     if (!rc) {
         mproc_value *v = NULL;
         if (mproc_msgpack_decode(rep, rlen, NULL, &v) != 0 || mproc_value_type(v) != MPROC_V_LIST ||
-            mproc_value_len(v) != 2)
+            mproc_value_len(v) < 2)
             rc = mproc__fail(MPROC_EPROTO, "manager: %s does not answer like a manager server",
                              m->cfg.address);
         else if (mproc_value_as_int(mproc_value_at(v, 0)) != 0)
@@ -251,6 +252,8 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
                              mproc_value_as_str(mproc_value_at(v, 1), NULL)
                                  ? mproc_value_as_str(mproc_value_at(v, 1), NULL)
                                  : "refused");
+        else
+            cc->key = mproc_value_as_int(mproc_value_at(v, 2));
         mproc_value_free(v);
         free(rep);
     } else if (rc == MPROC_ECLOSED || rc == MPROC_EPROTO) {
@@ -383,7 +386,7 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
                    : rc;
     mproc_buf *b = &cc->buf;
     b->len = 0;
-    rc = mgr_put_array(b, 4);
+    rc = mgr_put_array(b, cc->req ? 5 : 4);
     if (!rc)
         rc = mgr_put_int(b, (int64_t)id);
     if (!rc)
@@ -394,6 +397,8 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
         rc = argv[i] ? mproc_msgpack_encode(argv[i], b) : mgr_put_nil(b);
     if (!rc)
         rc = mgr_put_int(b, mproc__tid());
+    if (!rc && cc->req)
+        rc = mgr_put_int(b, cc->key);
     if (!rc && b->len > m->cfg.max_message)
         rc = mproc__fail(MPROC_EMSGSIZE, "manager: the request (%zu bytes) exceeds max_message (%zu)",
                          b->len, m->cfg.max_message);

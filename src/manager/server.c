@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -134,16 +135,24 @@ struct mgr_server {
 
     mgr_config cfg;
     mproc_listener *listener;
+    mproc_queue *shared_req;  /* every shared-memory client's requests */
+    mgr_conn **ctab;          /* shared-memory connections by key; mu */
+    size_t nctab, ctabcap;
 };
 
 struct mgr_conn {
     mgr_server *s;
     mproc_connection *c;
     int fd;
-    mproc_queue *req, *rep; /* shared-memory channel, or NULL for the socket */
+    mproc_queue *rep;     /* shared memory: replies (requests come on s->shared_req) */
+    uint64_t key;         /* shared memory: names this connection in requests */
+    int evfd;             /* shared memory: the dispatcher hands a request over */
+    _Atomic(mproc_value *) handed; /* ... this one */
+    int refs;             /* its thread, the key table, a dispatcher using it; s->mu */
+    atomic_bool dead;     /* the thread has left */
     mgr_session *sess;
     mproc_buf out;
-    bool refuse; /* over max_clients: answer the hello with MPROC_EAGAIN */
+    bool refuse;          /* over max_clients: answer the hello with MPROC_EAGAIN */
 };
 
 /* ------------------------------------------------------------ calls */
@@ -901,90 +910,167 @@ static int encode_reply(mproc_buf *out, int rc, const mproc_value *result, const
     return e;
 }
 
-static int dispatch(mgr_conn *cn, const void *req, size_t len)
+/* Check the shape [id, method, [args], tid (, conn key)]. */
+static bool request_ok(const mproc_value *v, size_t nfields)
+{
+    return mproc_value_type(v) == MPROC_V_LIST && mproc_value_len(v) == nfields &&
+           mproc_value_type(mproc_value_at(v, 0)) == MPROC_V_INT &&
+           mproc_value_type(mproc_value_at(v, 1)) == MPROC_V_STR &&
+           mproc_value_type(mproc_value_at(v, 2)) == MPROC_V_LIST &&
+           mproc_value_type(mproc_value_at(v, 3)) == MPROC_V_INT &&
+           (nfields == 4 || mproc_value_type(mproc_value_at(v, 4)) == MPROC_V_INT);
+}
+
+/* Run the request `v` (checked by request_ok; freed here) for `cn` and
+ * encode the reply into `out`. */
+static int run_request(mgr_conn *cn, mproc_value *v, mproc_buf *out)
 {
     mgr_server *s = cn->s;
     mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->id};
-    mproc_value *v = NULL, *result = NULL;
-    int rc = mproc_msgpack_decode(req, len, NULL, &v);
-    if (rc) {
-        mgr_fail(&c, MPROC_EPROTO, "malformed request: %s", mproc_errmsg());
-        goto reply;
-    }
-    mproc_value *vid = mproc_value_at(v, 0), *vm = mproc_value_at(v, 1),
-                *args = mproc_value_at(v, 2), *vt = mproc_value_at(v, 3);
-    const char *method = mproc_value_as_str(vm, NULL);
-    if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_len(v) != 4 ||
-        mproc_value_type(vid) != MPROC_V_INT || !method ||
-        mproc_value_type(args) != MPROC_V_LIST || mproc_value_type(vt) != MPROC_V_INT) {
-        rc = mgr_fail(&c, MPROC_EPROTO, "malformed request: want [id, method, [args], tid]");
-        goto reply;
-    }
-    c.tid = (uint32_t)mproc_value_as_int(vt);
-    uint64_t id = (uint64_t)mproc_value_as_int(vid);
+    mproc_value *result = NULL;
+    const char *method = mproc_value_as_str(mproc_value_at(v, 1), NULL);
+    mproc_value *args = mproc_value_at(v, 2);
+    c.tid = (uint32_t)mproc_value_as_int(mproc_value_at(v, 3));
+    uint64_t id = (uint64_t)mproc_value_as_int(mproc_value_at(v, 0));
+    int rc;
     if (id == 0) {
         rc = server_method(&c, method, args, &result);
-        goto reply;
+    } else {
+        pthread_mutex_lock(&s->mu);
+        mgr_obj *o = lookup_locked(s, id);
+        if (o)
+            o->refs++;
+        pthread_mutex_unlock(&s->mu);
+        if (!o) {
+            rc = mgr_fail(&c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
+                          (unsigned long long)id);
+        } else {
+            obj_lock(o);
+            rc = o->type->call(o, method, args, &result, &c);
+            obj_unlock(o);
+            mgr_obj_release(s, o);
+        }
     }
-    pthread_mutex_lock(&s->mu);
-    mgr_obj *o = lookup_locked(s, id);
-    if (o)
-        o->refs++;
-    pthread_mutex_unlock(&s->mu);
-    if (!o) {
-        rc = mgr_fail(&c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
-                      (unsigned long long)id);
-        goto reply;
-    }
-    obj_lock(o);
-    rc = o->type->call(o, method, args, &result, &c);
-    obj_unlock(o);
-    mgr_obj_release(s, o);
-reply:
     mproc_value_free(v);
     if (rc && !c.msg_set)
         mgr_fail(&c, rc, "%s", mproc_strerror(rc));
-    int e = encode_reply(&cn->out, rc, result, c.msg, s->cfg.max_message);
+    int e = encode_reply(out, rc, result, c.msg, s->cfg.max_message);
     mproc_value_free(result);
     reap(s);
     return e;
 }
 
+/* Decode a request arriving on a connection's own channel. A malformed one
+ * gets an error reply in `out` and *v = NULL. */
+static int decode_request(mgr_conn *cn, const void *req, size_t len, mproc_value **v)
+{
+    *v = NULL;
+    int rc = mproc_msgpack_decode(req, len, NULL, v);
+    if (!rc && request_ok(*v, 4))
+        return 0;
+    mproc_value_free(*v);
+    *v = NULL;
+    char m[160];
+    snprintf(m, sizeof m, "malformed request: %s",
+             rc ? mproc_errmsg() : "want [id, method, [args], tid]");
+    return encode_reply(&cn->out, MPROC_EPROTO, NULL, m, cn->s->cfg.max_message);
+}
+
 /* ------------------------------------------------------------ connections */
 
-static int send_reply(mgr_conn *cn)
+/* Leave at once (threads may be anywhere): remove a socket file first. */
+static _Noreturn void server_exit(mgr_server *s)
+{
+    mproc_listener_close(s->listener); /* unlinks a unix path socket */
+    _exit(0);
+}
+
+/* Put the reply in `out` on the connection's reply channel. */
+static int send_reply(mgr_conn *cn, const mproc_buf *out)
 {
     if (!cn->rep)
-        return mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
+        return mproc_connection_send_bytes(cn->c, out->data, out->len);
     for (;;) {
-        int rc = mproc_queue_put(cn->rep, cn->out.data, cn->out.len, mgr_put_slice(cn->out.len));
+        int rc = mproc_queue_put(cn->rep, out->data, out->len, mgr_put_slice(out->len));
         if (rc != MPROC_EFULL && rc != MPROC_ETIMEDOUT)
             return rc;
-        if (peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
+        if (atomic_load(&cn->dead) || peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
             return MPROC_ECLOSED;
     }
 }
 
-static int recv_request(mgr_conn *cn, void **buf, size_t *len)
+static void conn_release(mgr_conn *cn)
 {
-    for (;;) {
-        int rc = cn->req ? mproc_queue_get(cn->req, buf, len, MGR_SLICE_S)
-                         : mproc_connection_recv_bytes(cn->c, buf, len, MGR_SLICE_S);
-        if (rc != MPROC_ETIMEDOUT && rc != MPROC_EEMPTY)
-            return rc;
-        if (atomic_load(&cn->s->stopping) || (cn->req && peer_gone(cn->fd)))
-            return MPROC_ECLOSED;
+    mgr_server *s = cn->s;
+    pthread_mutex_lock(&s->mu);
+    bool last = --cn->refs == 0;
+    bool sess_last = false;
+    if (last && cn->sess) {
+        sess_last = --cn->sess->nconns == 0;
+        if (sess_last)
+            for (mgr_session **pp = &s->sessions; *pp; pp = &(*pp)->next)
+                if (*pp == cn->sess) {
+                    *pp = cn->sess->next;
+                    break;
+                }
     }
+    if (last)
+        s->nconns--;
+    pthread_mutex_unlock(&s->mu);
+    if (!last)
+        return;
+    if (sess_last)
+        session_end(s, cn->sess);
+    mproc_value_free(atomic_load(&cn->handed));
+    mproc_queue_close(cn->rep);
+    mproc_connection_close(cn->c);
+    if (cn->evfd >= 0)
+        close(cn->evfd);
+    mproc__buf_free(&cn->out);
+    free(cn);
 }
 
-/* Send the two queues over the raw socket (SCM_RIGHTS). */
+/* Shared-memory connections are found by key from the shared request queue. */
+static int conn_table_add_locked(mgr_server *s, mgr_conn *cn)
+{
+    size_t i = 0;
+    while (i < s->nctab && s->ctab[i])
+        i++;
+    if (i == s->nctab) {
+        if (s->nctab == s->ctabcap) {
+            size_t ncap = s->ctabcap ? s->ctabcap * 2 : 16;
+            mgr_conn **nt = realloc(s->ctab, ncap * sizeof *nt);
+            if (!nt)
+                return MPROC_ENOMEM;
+            s->ctab = nt;
+            s->ctabcap = ncap;
+        }
+        s->nctab++;
+    }
+    uint32_t r;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (uint32_t)mproc__now_ns();
+    s->ctab[i] = cn;
+    cn->key = ((uint64_t)(r & 0x7fffffff) << 32) | (uint64_t)(i + 1);
+    return 0;
+}
+
+static void conn_table_del_locked(mgr_server *s, mgr_conn *cn)
+{
+    uint32_t i = (uint32_t)cn->key;
+    if (i && i <= s->nctab && s->ctab[i - 1] == cn)
+        s->ctab[i - 1] = NULL;
+}
+
+/* Send the shared request queue and this connection's reply queue over the
+ * raw socket (SCM_RIGHTS). */
 static int send_queues(mgr_conn *cn)
 {
     mproc_buf b = {0};
     int fds[16];
     size_t nfds = 0;
     int rc = 0;
-    mproc_queue *qs[2] = {cn->req, cn->rep};
+    mproc_queue *qs[2] = {cn->s->shared_req, cn->rep};
     for (int i = 0; i < 2 && !rc; i++) {
         mproc_buf e = {0};
         size_t nf = 0;
@@ -1026,11 +1112,66 @@ static int hello(mgr_conn *cn, bool *want_shm, uint64_t *session)
     return 0;
 }
 
-/* Leave at once (threads may be anywhere): remove a socket file first. */
-static _Noreturn void server_exit(mgr_server *s)
+/* A socket (TCP) connection: requests and replies on the Connection. */
+static void serve_socket(mgr_conn *cn)
 {
-    mproc_listener_close(s->listener); /* unlinks a unix path socket */
-    _exit(0);
+    mgr_server *s = cn->s;
+    for (;;) {
+        void *req;
+        size_t len;
+        int rc = mproc_connection_recv_bytes(cn->c, &req, &len, MGR_SLICE_S);
+        if (rc == MPROC_ETIMEDOUT) {
+            if (atomic_load(&s->stopping))
+                return;
+            continue;
+        }
+        if (rc)
+            return;
+        mproc_value *v;
+        rc = decode_request(cn, req, len, &v);
+        free(req);
+        if (!rc && v)
+            rc = run_request(cn, v, &cn->out);
+        if (!rc)
+            rc = send_reply(cn, &cn->out);
+        if (atomic_load(&s->stopping))
+            server_exit(s); /* the owner asked, and has its answer */
+        if (rc)
+            return;
+    }
+}
+
+/* A shared-memory connection: requests come through the shared queue to the
+ * dispatcher, which hands the ones that may block (and user types' calls) to
+ * this thread. The thread watches the socket for the client's death. */
+static void serve_shm(mgr_conn *cn)
+{
+    mgr_server *s = cn->s;
+    for (;;) {
+        struct pollfd p[2] = {{cn->fd, POLLIN, 0}, {cn->evfd, POLLIN, 0}};
+        int n = poll(p, 2, 1000);
+        if (atomic_load(&s->stopping))
+            return;
+        if (n < 0 && errno != EINTR)
+            return;
+        if (p[0].revents) /* EOF, an error, or bytes a client never sends */
+            return;
+        if (!(p[1].revents & POLLIN))
+            continue;
+        uint64_t one;
+        if (read(cn->evfd, &one, sizeof one) != (ssize_t)sizeof one)
+            continue;
+        mproc_value *v = atomic_exchange(&cn->handed, NULL);
+        if (!v)
+            continue;
+        int rc = run_request(cn, v, &cn->out);
+        if (!rc)
+            rc = send_reply(cn, &cn->out);
+        if (atomic_load(&s->stopping))
+            server_exit(s);
+        if (rc)
+            return;
+    }
 }
 
 static void *conn_main(void *arg)
@@ -1039,84 +1180,119 @@ static void *conn_main(void *arg)
     mgr_server *s = cn->s;
     bool want_shm = false;
     uint64_t session = 0;
-    int rc = 0;
-    {
-        mproc_deadline hd = mproc_deadline_after(10.0);
-        rc = mproc__auth_deliver(cn->c, s->cfg.key, s->cfg.klen, "sha256", hd);
-        if (!rc)
-            rc = mproc__auth_answer(cn->c, s->cfg.key, s->cfg.klen, hd);
-    }
+    mproc_deadline hd = mproc_deadline_after(10.0);
+    int rc = mproc__auth_deliver(cn->c, s->cfg.key, s->cfg.klen, "sha256", hd);
+    if (!rc)
+        rc = mproc__auth_answer(cn->c, s->cfg.key, s->cfg.klen, hd);
     if (!rc)
         rc = hello(cn, &want_shm, &session);
     if (!rc && cn->refuse) {
         char m[96];
         snprintf(m, sizeof m, "the server is at its client limit (%zu)", s->cfg.max_clients);
-        cn->out.len = 0;
-        mgr_put_array(&cn->out, 2);
-        mgr_put_int(&cn->out, MPROC_EAGAIN);
-        mgr_put_str(&cn->out, m, strlen(m));
+        encode_reply(&cn->out, MPROC_EAGAIN, NULL, m, SIZE_MAX);
         mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
         rc = MPROC_EAGAIN;
+    }
+    if (!rc && want_shm) {
+        mproc_queue_opts qo = {.max_message = s->cfg.max_message};
+        rc = mproc_simple_queue_new(&cn->rep, &qo);
+        if (!rc && (cn->evfd = eventfd(0, EFD_CLOEXEC)) < 0)
+            rc = mproc__errno();
     }
     if (!rc) {
         pthread_mutex_lock(&s->mu);
         cn->sess = session_join_locked(s, session);
-        pthread_mutex_unlock(&s->mu);
         if (!cn->sess)
             rc = MPROC_ENOMEM;
-    }
-    if (!rc && want_shm) {
-        mproc_queue_opts qo = {.max_message = s->cfg.max_message};
-        if ((rc = mproc_simple_queue_new(&cn->req, &qo)) == 0)
-            rc = mproc_simple_queue_new(&cn->rep, &qo);
-        if (!rc)
-            mproc__queue_set_yield(cn->req, MGR_YIELD_POLLS);
+        else if (want_shm && (rc = conn_table_add_locked(s, cn)) == 0)
+            cn->refs++; /* the table's */
+        pthread_mutex_unlock(&s->mu);
     }
     if (!rc) {
         cn->out.len = 0;
-        mgr_put_array(&cn->out, 2);
+        mgr_put_array(&cn->out, 3);
         mgr_put_int(&cn->out, 0);
         mgr_put_int(&cn->out, getpid());
+        mgr_put_int(&cn->out, (int64_t)cn->key);
         rc = mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
         if (!rc && want_shm)
             rc = send_queues(cn);
     }
-    while (!rc) {
+    if (!rc)
+        want_shm ? serve_shm(cn) : serve_socket(cn);
+    atomic_store(&cn->dead, true);
+    if (cn->key) {
+        pthread_mutex_lock(&s->mu);
+        conn_table_del_locked(s, cn);
+        pthread_mutex_unlock(&s->mu);
+        conn_release(cn); /* the table's */
+    }
+    conn_release(cn); /* ours */
+    return NULL;
+}
+
+/* The dispatcher: one thread takes every shared-memory request from the
+ * shared queue and runs those that cannot block (server methods, dict,
+ * list, Namespace, Value, Array) itself, so a call costs no thread switch
+ * on the server; the rest go to the connection's thread. */
+static void *dispatcher_main(void *arg)
+{
+    mgr_server *s = arg;
+    mproc_buf out = {0};
+    for (;;) {
         void *req;
         size_t len;
-        if ((rc = recv_request(cn, &req, &len)) != 0)
+        int rc = mproc_queue_get(s->shared_req, &req, &len, MGR_SLICE_S);
+        if (atomic_load(&s->stopping))
             break;
-        rc = dispatch(cn, req, len);
+        if (rc)
+            continue;
+        mproc_value *v = NULL;
+        rc = mproc_msgpack_decode(req, len, NULL, &v);
         free(req);
-        if (!rc)
-            rc = send_reply(cn);
-        if (atomic_load(&s->stopping)) {
-            /* The owner asked for a shutdown and has its answer: leave now.
-             * Every client sees the sockets close. */
-            server_exit(s);
+        if (rc || !request_ok(v, 5)) { /* no connection to answer: drop it */
+            mproc_value_free(v);
+            continue;
         }
-    }
-    if (cn->sess) {
+        uint64_t key = (uint64_t)mproc_value_as_int(mproc_value_at(v, 4));
+        uint64_t id = (uint64_t)mproc_value_as_int(mproc_value_at(v, 0));
         pthread_mutex_lock(&s->mu);
-        bool last = --cn->sess->nconns == 0;
-        if (last)
-            for (mgr_session **pp = &s->sessions; *pp; pp = &(*pp)->next)
-                if (*pp == cn->sess) {
-                    *pp = cn->sess->next;
-                    break;
-                }
+        uint32_t i = (uint32_t)key;
+        mgr_conn *cn = i && i <= s->nctab ? s->ctab[i - 1] : NULL;
+        if (cn && (cn->key != key || atomic_load(&cn->dead)))
+            cn = NULL;
+        if (cn)
+            cn->refs++;
+        bool inline_ok = true;
+        if (cn && id) {
+            mgr_obj *o = lookup_locked(s, id);
+            inline_ok = !o || (!o->type->blocking && !o->user);
+        }
         pthread_mutex_unlock(&s->mu);
-        if (last)
-            session_end(s, cn->sess);
+        if (!cn) {
+            mproc_value_free(v);
+            continue;
+        }
+        if (!inline_ok) {
+            /* One request at a time per connection; a client that sends
+             * another before its answer only loses the older one. */
+            mproc_value_free(atomic_exchange(&cn->handed, v));
+            uint64_t one = 1;
+            if (write(cn->evfd, &one, sizeof one) < 0) {
+                /* an eventfd write only fails at its 2^64-2 limit */
+            }
+            conn_release(cn);
+            continue;
+        }
+        rc = run_request(cn, v, &out);
+        if (!rc)
+            send_reply(cn, &out);
+        bool stop = atomic_load(&s->stopping);
+        conn_release(cn);
+        if (stop)
+            server_exit(s); /* the owner asked, and has its answer */
     }
-    mproc_queue_close(cn->req);
-    mproc_queue_close(cn->rep);
-    mproc_connection_close(cn->c);
-    mproc__buf_free(&cn->out);
-    pthread_mutex_lock(&s->mu);
-    s->nconns--;
-    pthread_mutex_unlock(&s->mu);
-    free(cn);
+    mproc__buf_free(&out);
     return NULL;
 }
 
@@ -1212,6 +1388,13 @@ int mgr__server_main(mproc_args *a)
         return 2;
     }
     s->listener = l;
+    mproc_queue_opts qo = {.capacity = (size_t)4 << 20, .max_message = s->cfg.max_message};
+    pthread_t disp;
+    if ((rc = mproc_simple_queue_new(&s->shared_req, &qo)) != 0 ||
+        (rc = -pthread_create(&disp, NULL, dispatcher_main, s)) != 0) {
+        report(ready, rc, "cannot start the dispatcher");
+        server_exit(s);
+    }
     report(ready, 0, mproc_listener_address(l));
     int owner = mproc__parent_pidfd();
     for (;;) {
@@ -1244,6 +1427,8 @@ int mgr__server_main(mproc_args *a)
             continue;
         }
         cn->refuse = refuse;
+        cn->refs = 1;
+        cn->evfd = -1;
         cn->s = s;
         cn->c = c;
         cn->fd = mproc_connection_fileno(c);

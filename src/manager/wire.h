@@ -3,13 +3,16 @@
  * A client connects to the server's Listener, runs the authkey handshake,
  * then sends a hello (MessagePack):
  *   ["mproc-manager", MGR_PROTO, session, want_shm, pid]
- * and the server answers [0, server_pid] (or [code, message]). When the
+ * and the server answers [0, server_pid, key] (or [code, message]). When the
  * client asked for shared memory (unix sockets only) the server then sends,
- * as one SCM_RIGHTS message on the raw socket, the request and reply queues:
+ * as one SCM_RIGHTS message on the raw socket, the server's one shared
+ * request queue and this connection's reply queue:
  *   u32 len1, u32 nfds1, export1, u32 len2, u32 nfds2, export2
- * After that the socket only tells each side whether the other still lives.
+ * (lengths in native byte order). After that the socket only tells each side
+ * whether the other still lives.
  *
- * Requests: [object id, method, [args...], thread id]
+ * Requests: [object id, method, [args...], thread id] on a socket;
+ *           [object id, method, [args...], thread id, key] on the shared queue
  * Replies:  [0, result] or [code, message]
  * Object id 0 is the server itself: create [typeid, [args]] -> [id, typeid],
  * incref [id] -> typeid, decref [id], bind [name, id], lookup [name] ->
@@ -33,11 +36,13 @@
 /* A blocked wait (server method, client reply) checks that its peer is
  * alive this often. */
 #define MGR_SLICE_S 0.1
-/* A side waiting for the other polls this many times, giving the CPU away
- * between polls, before it sleeps: the peer it waits for may need this very
- * core (8 clients and their server threads on 2 cores), and a pause-spin
- * would starve it. */
-#define MGR_YIELD_POLLS 100
+/* A client waiting for its reply polls MGR_SPIN_POLLS times with pauses (the
+ * dispatcher on another core answers within microseconds), then
+ * MGR_YIELD_POLLS times giving the CPU away, then sleeps: with more clients
+ * than cores the dispatcher may need this very core, and a long pause-spin
+ * would starve it. (The dispatcher itself keeps the queue's default spin.) */
+#define MGR_SPIN_POLLS 8
+#define MGR_YIELD_POLLS 50
 
 /* How long one put of `len` bytes may take before we look whether the peer
  * still lives: a message larger than the ring streams through it, and a put

@@ -114,7 +114,7 @@ struct mproc_queue {
     uint8_t *ring;
     uint64_t cap, mask;
     _Atomic int spin; /* polls before a waiter of this handle sleeps */
-    _Atomic bool yield; /* poll with sched_yield() between polls, not pauses */
+    _Atomic int yields; /* then polls with sched_yield() between them */
 };
 
 static inline void cpu_relax(void)
@@ -254,16 +254,17 @@ static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t ar
      * gap of ~SPIN_GAP pauses lets a backlog form, which is then drained
      * without touching the producer's line. */
     int spin = atomic_load_explicit(&((mproc_queue *)q)->spin, memory_order_relaxed);
-    bool yield = atomic_load_explicit(&((mproc_queue *)q)->yield, memory_order_relaxed);
+    int yields = atomic_load_explicit(&((mproc_queue *)q)->yields, memory_order_relaxed);
     for (int i = 0; i < spin; i++) {
         if (ready(q, arg))
             return 0;
-        if (yield) {
-            sched_yield();
-            continue;
-        }
         for (int k = 0; k < SPIN_GAP; k++)
             cpu_relax();
+    }
+    for (int i = 0; i < yields; i++) {
+        if (ready(q, arg))
+            return 0;
+        sched_yield();
     }
     atomic_store(&w->sleeping, 1);
     sleeper_barrier(q); /* the flag before the re-check */
@@ -751,6 +752,7 @@ static int q_wrap(mproc_shm *shm, mproc_queue **out)
     q->cap = q->st->capacity;
     q->mask = q->cap - 1;
     atomic_init(&q->spin, SPIN);
+    atomic_init(&q->yields, 0);
     if (!membarrier_register())
         atomic_store(&q->st->async_wake, 0);
     *out = q;
@@ -1053,8 +1055,8 @@ void mproc__queue_set_spin(mproc_queue *q, int polls)
     atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
 }
 
-void mproc__queue_set_yield(mproc_queue *q, int polls)
+void mproc__queue_set_wait(mproc_queue *q, int spin_polls, int yield_polls)
 {
-    atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
-    atomic_store_explicit(&q->yield, true, memory_order_relaxed);
+    atomic_store_explicit(&q->spin, spin_polls < 0 ? SPIN : spin_polls, memory_order_relaxed);
+    atomic_store_explicit(&q->yields, yield_polls < 0 ? 0 : yield_polls, memory_order_relaxed);
 }
