@@ -1190,6 +1190,9 @@ MTEST(test_manager_references_in_queues_and_lists_hold_objects)
     CHECK(!ref_gone(m, got));
     CHECK_OK(mproc_list_pop(outer, -1, &got));
     keep(got);
+    /* pop hands the reference over: the object lives until a proxy adopts
+     * it (ref_gone makes one, then frees it: the last reference)... */
+    CHECK(!ref_gone(m, got));
     CHECK(ref_gone(m, got));
     /* Freeing the container releases what it holds. */
     CHECK_OK(mproc_manager_dict(m, &inner));

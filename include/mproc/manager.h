@@ -27,7 +27,11 @@
  * Reference cycles live until the server shuts down.
  *
  * Lifetime: an object lives while a proxy (in any process) or a container
- * refers to it. A client process that dies drops its proxies' references and
+ * refers to it. A reference that leaves a container for a caller (list/dict
+ * pop, Queue get) keeps its object alive for that caller's handle for 60 s
+ * or until mproc_manager_proxy() makes a proxy of it. A reference merely
+ * read (dict get) is not held: as in Python, make the proxy while the
+ * container still holds it. A client process that dies drops its proxies' references and
  * releases the Lock/RLock/Condition locks it held; a waiter that dies in a
  * Barrier breaks it. A server that dies makes every call fail with
  * MPROC_ECLOSED within about 0.1 s; no call waits forever on a dead peer. The
@@ -117,7 +121,8 @@ int mproc_manager_new(mproc_manager **out, const mproc_manager_opts *opts);
 
 /* Serve objects of `type` too (before start; the type is not copied and
  * must stay valid). MPROC_EEXIST (typeid taken, built-in names included),
- * MPROC_EINVAL (missing create/call, bad name), MPROC_ESTATE (started). */
+ * MPROC_EINVAL (missing create/call, bad name), MPROC_ESTATE (started),
+ * MPROC_ENOSPC (over 64 types). */
 int mproc_manager_register(mproc_manager *m, const mproc_manager_type *type);
 
 /* Start the server process and wait until it listens. 0, MPROC_ESTATE
@@ -263,7 +268,8 @@ int mproc_dict_clear(mproc_proxy *d);
 int mproc_dict_copy(mproc_proxy *d, mproc_value **out); /* a snapshot map */
 /* d[key] += delta in one step on the server (a missing key counts as 0):
  * the fix for the lost update of `d[k] = d[k] + 1` from many processes.
- * *out (may be NULL) receives the new value. MPROC_EINVAL (not an int). */
+ * *out (may be NULL) receives the new value. MPROC_EINVAL (not an int),
+ * MPROC_ERANGE (overflow). */
 int mproc_dict_add(mproc_proxy *d, const mproc_value *key, int64_t delta, int64_t *out);
 
 /* ------------------------------------------------------------ list */
@@ -311,7 +317,10 @@ int mproc_mqueue_join(mproc_proxy *q, double timeout);
 
 /* ------------------------------------------------------------ Lock, RLock, Semaphore */
 
-/* 0, MPROC_ETIMEDOUT. Locks held by a client process that dies are released. */
+/* 0, MPROC_ETIMEDOUT, MPROC_EDEADLK (a Lock this thread holds already, with
+ * no timeout). The owner is the (manager handle, thread) that acquired it:
+ * release through the same handle. Locks held through a handle whose
+ * process dies (or that is freed) are released. */
 int mproc_mlock_acquire(mproc_proxy *l, double timeout);
 /* MPROC_EPERM: not locked, or an RLock this thread does not own. */
 int mproc_mlock_release(mproc_proxy *l);

@@ -32,6 +32,7 @@ typedef struct cconn {
     mproc_connection *c;
     int fd;
     int64_t key; /* names this connection in requests on the shared queue */
+    size_t max_request; /* the smaller of our max_message and the server's */
     mproc_queue *req, *rep;
     mproc_buf buf;
     struct cconn *next;             /* in the free list */
@@ -74,6 +75,9 @@ static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static mproc_manager *registry; /* handles made by importing proxies */
 static atomic_int pid_cache;
 static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Held (read) while a connection is being opened and not yet listed, taken
+ * (write) across fork: a child never inherits a socket it does not know. */
+static pthread_rwlock_t open_lock = PTHREAD_RWLOCK_INITIALIZER;
 static mproc_manager *handles; /* every handle, for the fork child */
 
 static void fork_reset(mproc_manager *m);
@@ -86,6 +90,7 @@ static void atfork_child(void)
     atomic_store(&pid_cache, 0);
     pthread_mutex_init(&reg_mu, NULL);
     pthread_mutex_init(&handles_mu, NULL);
+    pthread_rwlock_init(&open_lock, NULL);
     for (mproc_manager *m = handles; m; m = m->h_next)
         fork_reset(m);
 }
@@ -93,6 +98,7 @@ static void atfork_child(void)
 /* Hold every list still across fork, so the child walks consistent ones. */
 static void atfork_prepare(void)
 {
+    pthread_rwlock_wrlock(&open_lock);
     pthread_mutex_lock(&handles_mu);
     for (mproc_manager *m = handles; m; m = m->h_next)
         pthread_mutex_lock(&m->mu);
@@ -103,6 +109,7 @@ static void atfork_parent(void)
     for (mproc_manager *m = handles; m; m = m->h_next)
         pthread_mutex_unlock(&m->mu);
     pthread_mutex_unlock(&handles_mu);
+    pthread_rwlock_unlock(&open_lock);
 }
 
 static void init_once(void)
@@ -215,7 +222,12 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
     mproc_client_opts co = {
         .auth = {.authkey = m->cfg.key ? m->cfg.key : (const void *)"", .authkey_len = m->cfg.klen},
         .connect_timeout = 10.0,
-        .conn = {.max_message = m->cfg.max_message, .no_readahead = m->shm},
+        /* replies are bounded by the server's own limit; trust it up to
+         * the largest frame a Connection takes */
+        .conn = {.max_message = m->cfg.max_message > MPROC_CONNECTION_MAX_MESSAGE
+                                    ? m->cfg.max_message
+                                    : MPROC_CONNECTION_MAX_MESSAGE,
+                 .no_readahead = m->shm},
     };
     int rc = mproc_client_connect(&cc->c, m->cfg.address, &co);
     if (rc) {
@@ -223,6 +235,7 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
         return rc;
     }
     cc->fd = mproc_connection_fileno(cc->c);
+    mgr__keepalive(cc->fd);
     mproc_buf *b = &cc->buf;
     rc = mgr_put_array(b, 5);
     if (!rc)
@@ -252,8 +265,12 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
                              mproc_value_as_str(mproc_value_at(v, 1), NULL)
                                  ? mproc_value_as_str(mproc_value_at(v, 1), NULL)
                                  : "refused");
-        else
+        else {
             cc->key = mproc_value_as_int(mproc_value_at(v, 2));
+            int64_t smax = mproc_value_as_int(mproc_value_at(v, 3));
+            cc->max_request = smax > 0 && (uint64_t)smax < m->cfg.max_message ? (size_t)smax
+                                                                                : m->cfg.max_message;
+        }
         mproc_value_free(v);
         free(rep);
     } else if (rc == MPROC_ECLOSED || rc == MPROC_EPROTO) {
@@ -327,9 +344,12 @@ static int conn_get(mproc_manager *m, cconn **out)
         *out = cc;
         return 0;
     }
+    pthread_once(&once, init_once);
+    pthread_rwlock_rdlock(&open_lock);
     int rc = cconn_open(m, session, out);
     if (!rc)
         conn_link(m, *out);
+    pthread_rwlock_unlock(&open_lock);
     return rc;
 }
 
@@ -399,9 +419,9 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
         rc = mgr_put_int(b, mproc__tid());
     if (!rc && cc->req)
         rc = mgr_put_int(b, cc->key);
-    if (!rc && b->len > m->cfg.max_message)
+    if (!rc && b->len > cc->max_request)
         rc = mproc__fail(MPROC_EMSGSIZE, "manager: the request (%zu bytes) exceeds max_message (%zu)",
-                         b->len, m->cfg.max_message);
+                         b->len, cc->max_request);
     if (rc) {
         conn_put(m, cc);
         return rc;
@@ -409,6 +429,10 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
     void *rep = NULL;
     size_t rlen = 0;
     rc = send_req(m, cc);
+    if (rc == MPROC_EMSGSIZE) { /* refused before anything was sent */
+        conn_put(m, cc);
+        return rc;
+    }
     if (!rc)
         rc = recv_rep(cc, &rep, &rlen);
     if (rc) {

@@ -272,12 +272,16 @@ static int dict_set(mgr_obj *o, mproc_value *args, mproc_value **result, mgr_cal
 
 /* Remove an entry known to be there, dropping its key's and value's
  * references; the value is returned with its references already dropped. */
-static mproc_value *dict_remove(mgr_obj *o, mproc_value *map, const mproc_value *key)
+static mproc_value *dict_remove(mgr_obj *o, mproc_value *map, const mproc_value *key,
+                                mgr_call *to_caller)
 {
     /* the stored key equals `key`: releasing either drops the same references */
     mgr_refs_release(o->srv, key);
     mproc_value *v = mproc_value_map_take(map, key);
-    mgr_refs_release(o->srv, v);
+    if (to_caller) /* pop: the caller gets the value and, for a while, its objects */
+        mgr_refs_handover(to_caller, v);
+    else
+        mgr_refs_release(o->srv, v);
     return v;
 }
 
@@ -292,7 +296,7 @@ static int dict_del(mgr_obj *o, mproc_value *args, mproc_value **result, mgr_cal
         return rc;
     if (!mproc_value_map_find(o->impl, key))
         return key_error(c, key);
-    mproc_value_free(dict_remove(o, o->impl, key));
+    mproc_value_free(dict_remove(o, o->impl, key, NULL));
     return 0;
 }
 
@@ -366,7 +370,7 @@ static int dict_pop(mgr_obj *o, mproc_value *args, mproc_value **result, mgr_cal
     if ((rc = check_key(c, key)) != 0)
         return rc;
     if (mproc_value_map_find(o->impl, key)) {
-        *result = dict_remove(o, o->impl, key);
+        *result = dict_remove(o, o->impl, key, c);
         return 0;
     }
     if (mproc_value_len(args) == 2)
@@ -627,7 +631,7 @@ static int list_pop(mgr_obj *o, mproc_value *args, mproc_value **result, mgr_cal
         return rc;
     /* the caller gets the value itself: its references leave with it */
     mproc_value *v = mproc_value_take_at(o->impl, i);
-    mgr_refs_release(o->srv, v);
+    mgr_refs_handover(c, v);
     *result = v;
     return 0;
 }

@@ -19,7 +19,7 @@ typedef struct mgr_conn mgr_conn;
 typedef struct mgr_call {
     mgr_server *srv;
     mgr_conn *conn;
-    uint64_t session; /* the calling process's handle (random, per process) */
+    uint64_t session; /* the calling handle's session: unique for the server's life */
     uint32_t tid;     /* the calling thread, within that process */
     bool msg_set;
     char msg[256];    /* message sent with an error reply */
@@ -76,6 +76,13 @@ int mgr_refs_hold(mgr_call *c, const mproc_value *v);
  * before freeing it. Objects whose last reference goes are destroyed later,
  * outside every lock. */
 void mgr_refs_release(mgr_server *s, const mproc_value *v);
+/* `v` leaves a container for the caller (pop, Queue.get): instead of
+ * dropping its references, give them to the caller's process for
+ * MGR_HANDOVER_S seconds, so the objects live until it makes proxies of them
+ * (mproc_manager_proxy adopts such a reference) or the time runs out. */
+void mgr_refs_handover(mgr_call *c, const mproc_value *v);
+#define MGR_HANDOVER_S 60
+
 /* The live object a reference value names, with a reference held for the
  * caller (mgr_obj_release it), or NULL with a message in c. */
 mgr_obj *mgr_obj_from_ref(mgr_call *c, const mproc_value *ref);

@@ -26,5 +26,7 @@ int mgr__config_decode(const void *p, size_t n, mgr_config *c);
 /* The server process's target: args = (config bytes, ready Connection). */
 int mgr__server_main(mproc_args *a);
 bool mgr__builtin_typeid(const char *typeid);
+/* Keepalive and a user timeout on a TCP socket (nothing for unix ones). */
+void mgr__keepalive(int fd);
 
 #endif

@@ -19,6 +19,8 @@
 #include <sys/random.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,10 +102,18 @@ static void cnt_del(cnt_map *m, uint64_t key)
 
 /* ------------------------------------------------------------ server state */
 
-typedef struct mgr_session {
+typedef struct pend_ref {
     uint64_t id;
+    int64_t expiry_ns;
+} pend_ref;
+
+typedef struct mgr_session {
+    uint64_t id;  /* chosen by the client handle */
+    uint64_t gen; /* ours, never reused: lock owners are recorded by it */
     int nconns;
-    cnt_map refs; /* object id -> references held by this process's proxies */
+    cnt_map refs; /* object id -> references held by this handle's proxies */
+    pend_ref *pend; /* references handed over with values (pop, Queue.get) */
+    size_t npend, pendcap;
     struct mgr_session *next;
 } mgr_session;
 
@@ -128,6 +138,7 @@ struct mgr_server {
     size_t nnames, namecap;
     mgr_obj *dead;
     int nconns;
+    uint64_t next_gen;
 
     pthread_mutex_t sync_mu;
     pthread_cond_t sync_cv;
@@ -589,6 +600,85 @@ mgr_obj *mgr_obj_from_ref(mgr_call *c, const mproc_value *ref)
     return o;
 }
 
+/* Give the references in `v` to the caller's session as pending ones. */
+static void handover_walk_locked(mgr_call *c, mgr_server *s, const mproc_value *v, int64_t expiry,
+                                 int depth)
+{
+    uint64_t id;
+    const char *tid;
+    size_t tlen;
+    if (parse_ref(v, &id, &tid, &tlen) == 0) {
+        mgr_obj *o = lookup_locked(s, id);
+        if (!o)
+            return;
+        struct mgr_session *x = c->conn ? c->conn->sess : NULL;
+        if (x && x->npend == x->pendcap) {
+            size_t ncap = x->pendcap ? x->pendcap * 2 : 8;
+            pend_ref *np = realloc(x->pend, ncap * sizeof *np);
+            if (np) {
+                x->pend = np;
+                x->pendcap = ncap;
+            }
+        }
+        if (x && x->npend < x->pendcap)
+            x->pend[x->npend++] = (pend_ref){id, expiry};
+        else
+            decref_locked(s, o); /* out of memory: as if released */
+        return;
+    }
+    if (!has_children(v) || depth > MPROC__MAX_NEST)
+        return;
+    bool map = mproc_value_type(v) == MPROC_V_MAP;
+    size_t n = mproc_value_len(v);
+    for (size_t i = 0; i < n; i++) {
+        if (map)
+            handover_walk_locked(c, s, mproc_value_key_at(v, i), expiry, depth + 1);
+        handover_walk_locked(c, s, mproc_value_at(v, i), expiry, depth + 1);
+    }
+}
+
+void mgr_refs_handover(mgr_call *c, const mproc_value *v)
+{
+    if (!maybe_refs(v))
+        return;
+    mgr_server *s = c->srv;
+    int64_t expiry = mproc__now_ns() + (int64_t)MGR_HANDOVER_S * 1000000000;
+    pthread_mutex_lock(&s->mu);
+    handover_walk_locked(c, s, v, expiry, 0);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Take a pending reference on `id` from session `x`, if it has one. */
+static bool adopt_locked(struct mgr_session *x, uint64_t id)
+{
+    for (size_t i = 0; i < x->npend; i++)
+        if (x->pend[i].id == id) {
+            x->pend[i] = x->pend[--x->npend];
+            return true;
+        }
+    return false;
+}
+
+/* Drop handed-over references nobody adopted in time. */
+static void sweep_pending(mgr_server *s)
+{
+    int64_t now = mproc__now_ns();
+    pthread_mutex_lock(&s->mu);
+    for (struct mgr_session *x = s->sessions; x; x = x->next)
+        for (size_t i = 0; i < x->npend;) {
+            if (x->pend[i].expiry_ns > now) {
+                i++;
+                continue;
+            }
+            mgr_obj *o = lookup_locked(s, x->pend[i].id);
+            if (o)
+                decref_locked(s, o);
+            x->pend[i] = x->pend[--x->npend];
+        }
+    pthread_mutex_unlock(&s->mu);
+    reap(s);
+}
+
 /* ------------------------------------------------------------ sessions */
 
 static mgr_session *session_join_locked(mgr_server *s, uint64_t id)
@@ -602,6 +692,7 @@ static mgr_session *session_join_locked(mgr_server *s, uint64_t id)
     if (!x)
         return NULL;
     x->id = id;
+    x->gen = ++s->next_gen;
     x->nconns = 1;
     x->next = s->sessions;
     s->sessions = x;
@@ -632,7 +723,7 @@ static void session_end(mgr_server *s, mgr_session *x)
     if (nb) {
         pthread_mutex_lock(&s->sync_mu);
         for (size_t i = 0; i < nb; i++)
-            bl[i]->type->session_end(bl[i], x->id);
+            bl[i]->type->session_end(bl[i], x->gen);
         mgr_sync_broadcast(s);
         pthread_mutex_unlock(&s->sync_mu);
     }
@@ -647,9 +738,15 @@ static void session_end(mgr_server *s, mgr_session *x)
         for (int64_t k = 0; o && k < e->val; k++)
             decref_locked(s, o);
     }
+    for (size_t i = 0; i < x->npend; i++) {
+        mgr_obj *o = lookup_locked(s, x->pend[i].id);
+        if (o)
+            decref_locked(s, o);
+    }
     pthread_mutex_unlock(&s->mu);
     free(bl);
     free(x->refs.e);
+    free(x->pend);
     free(x);
     reap(s);
 }
@@ -751,11 +848,12 @@ static int srv_incref(mgr_call *c, mproc_value *args, mproc_value **result)
         return rc;
     pthread_mutex_lock(&s->mu);
     mgr_obj *o = lookup_locked(s, (uint64_t)id);
-    if (!o)
+    if (!o) {
         rc = mgr_fail(c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
                       (unsigned long long)id);
-    else
-        rc = session_ref_locked(c, o);
+    } else if ((rc = session_ref_locked(c, o)) == 0 && adopt_locked(c->conn->sess, o->id)) {
+        o->refs--; /* the handed-over reference becomes the proxy's */
+    }
     const char *typeid = o ? obj_typeid(o) : NULL;
     pthread_mutex_unlock(&s->mu);
     if (rc)
@@ -794,6 +892,17 @@ static name_ent *find_name_locked(mgr_server *s, const char *name)
     return NULL;
 }
 
+static bool grow_names_locked(mgr_server *s)
+{
+    size_t ncap = s->namecap * 2 + 8;
+    name_ent *nn = realloc(s->names, ncap * sizeof *nn);
+    if (!nn)
+        return false;
+    s->names = nn;
+    s->namecap = ncap;
+    return true;
+}
+
 static int srv_bind(mgr_call *c, mproc_value *args)
 {
     mgr_server *s = c->srv;
@@ -814,10 +923,8 @@ static int srv_bind(mgr_call *c, mproc_value *args)
         o->refs++;
         decref_locked(s, e->o);
         e->o = o;
-    } else if (s->nnames == s->namecap &&
-               !(s->names = realloc(s->names, (s->namecap = s->namecap * 2 + 8) * sizeof *e))) {
-        rc = MPROC_ENOMEM; /* the old array leaks with its names: out of memory anyway */
-        s->nnames = s->namecap = 0;
+    } else if (s->nnames == s->namecap && !grow_names_locked(s)) {
+        rc = MPROC_ENOMEM;
     } else if (!(s->names[s->nnames].name = strdup(name))) {
         rc = MPROC_ENOMEM;
     } else {
@@ -926,7 +1033,7 @@ static bool request_ok(const mproc_value *v, size_t nfields)
 static int run_request(mgr_conn *cn, mproc_value *v, mproc_buf *out)
 {
     mgr_server *s = cn->s;
-    mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->id};
+    mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->gen};
     mproc_value *result = NULL;
     const char *method = mproc_value_as_str(mproc_value_at(v, 1), NULL);
     mproc_value *args = mproc_value_at(v, 2);
@@ -1210,10 +1317,11 @@ static void *conn_main(void *arg)
     }
     if (!rc) {
         cn->out.len = 0;
-        mgr_put_array(&cn->out, 3);
+        mgr_put_array(&cn->out, 4);
         mgr_put_int(&cn->out, 0);
         mgr_put_int(&cn->out, getpid());
         mgr_put_int(&cn->out, (int64_t)cn->key);
+        mgr_put_int(&cn->out, (int64_t)s->cfg.max_message);
         rc = mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
         if (!rc && want_shm)
             rc = send_queues(cn);
@@ -1297,6 +1405,24 @@ static void *dispatcher_main(void *arg)
 }
 
 /* ------------------------------------------------------------ configuration */
+
+/* TCP: notice a peer whose machine vanished (no FIN ever comes) within
+ * about half a minute, instead of holding its call or its locks forever. */
+void mgr__keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    int on = 1, idle = 10, intvl = 5, cnt = 3;
+    unsigned tmo = 30000;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &tmo, sizeof tmo);
+}
 
 int mgr__config_encode(const mgr_config *c, mproc_buf *b)
 {
@@ -1397,17 +1523,28 @@ int mgr__server_main(mproc_args *a)
     }
     report(ready, 0, mproc_listener_address(l));
     int owner = mproc__parent_pidfd();
+    int64_t last_sweep = mproc__now_ns();
     for (;;) {
         struct pollfd p[2] = {{mproc_listener_fileno(l), POLLIN, 0}, {owner, POLLIN, 0}};
-        if (poll(p, owner >= 0 ? 2 : 1, owner >= 0 ? -1 : 1000) < 0 && errno != EINTR)
+        if (poll(p, owner >= 0 ? 2 : 1, 1000) < 0 && errno != EINTR)
             break;
         if (owner >= 0 ? p[1].revents != 0 : !mproc__parent_alive())
             break; /* the owner died: so does its server */
+        if (mproc__now_ns() - last_sweep > 1000000000) {
+            sweep_pending(s);
+            last_sweep = mproc__now_ns();
+        }
         if (!(p[0].revents & POLLIN))
             continue;
         mproc_connection *c;
-        if (mproc_listener_accept(l, &c, 0) != 0)
+        int arc = mproc_listener_accept(l, &c, 0);
+        if (arc == MPROC_EMFILE || arc == -ENFILE || arc == MPROC_ENOMEM || arc == -ENOBUFS) {
+            struct timespec pause = {0, 10 * 1000 * 1000}; /* out of fds: do not spin */
+            nanosleep(&pause, NULL);
+        }
+        if (arc)
             continue;
+        mgr__keepalive(mproc_connection_fileno(c));
         /* Up to 16 connections over the limit get a thread that tells them
          * why they are refused; beyond that they are just closed. */
         pthread_mutex_lock(&s->mu);

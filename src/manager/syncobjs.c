@@ -201,7 +201,7 @@ static int q_get(mgr_obj *o, queue *q, mproc_value *args, mproc_value **result, 
     }
     bool was_full = q_full(q);
     mproc_value *v = q_pop(q);
-    mgr_refs_release(o->srv, v);
+    mgr_refs_handover(c, v);
     if (was_full)
         mgr_sync_broadcast(o->srv); /* room for a blocked put */
     *result = v;
@@ -634,7 +634,14 @@ static int cv_wait(mgr_obj *o, condition *cv, mproc_value *args, mproc_value **r
         cv_unlink(cv, &w);
     if (rc == MPROC_ECLOSED) {
         /* The caller is gone: leave the lock free rather than take it for
-         * nobody (the waiter is already out of the list). */
+         * nobody (the waiter is already out of the list). A notify spent on
+         * us goes to the next waiter instead of being lost. */
+        if (w.notified && cv->head) {
+            cond_waiter *next = cv->head;
+            cv_unlink(cv, next);
+            next->notified = true;
+            mgr_sync_broadcast(o->srv);
+        }
         mproc_value_free(r);
         return rc;
     }
