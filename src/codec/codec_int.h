@@ -85,6 +85,8 @@ mproc_decode_limits mproc__limits(const mproc_decode_limits *lim);
 /* Deep copy counting every node against *budget (fails with NULL and
  * *budget == SIZE_MAX when exhausted). */
 mproc_value *mproc__value_copy_counted(const mproc_value *v, size_t *budget);
+/* Python's name of the type of `v` ("int", "dict", an error's type...), for messages. */
+const char *mproc__py_type_name(const mproc_value *v);
 /* Shortest round-trip repr of a double, Python style ("1.0", "1e+16", "inf"). */
 void mproc__float_repr(double d, char *buf, size_t len);
 

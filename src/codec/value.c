@@ -961,7 +961,7 @@ static bool orderable(const mproc_value *a, const mproc_value *b)
            (a->type == MPROC_V_STR || a->type == MPROC_V_BYTES || a->type == MPROC_V_LIST);
 }
 
-static const char *py_type_name(const mproc_value *v)
+const char *mproc__py_type_name(const mproc_value *v)
 {
     switch ((int)v->type) {
     case MPROC_V_NIL: return "NoneType";
@@ -1026,7 +1026,7 @@ static int ord_blob(const mproc_value *a, const mproc_value *b)
 static int not_supported(const mproc_value *a, const mproc_value *b)
 {
     return mproc__fail(MPROC_EINVAL, "'<' not supported between instances of "
-                       "'%.64s' and '%.64s'", py_type_name(a), py_type_name(b));
+                       "'%.64s' and '%.64s'", mproc__py_type_name(a), mproc__py_type_name(b));
 }
 
 /* *ord for an orderable pair, or MPROC_EINVAL (message set). */

@@ -54,19 +54,7 @@ static int ret_bool(mproc_value **result, bool b) { return ret_value(result, mpr
 /* Python's name for the type of `v`, for messages. */
 static const char *tname(const mproc_value *v)
 {
-    switch (mproc_value_type(v)) {
-    case MPROC_V_NIL: return "NoneType";
-    case MPROC_V_BOOL: return "bool";
-    case MPROC_V_INT: return "int";
-    case MPROC_V_FLOAT: return "float";
-    case MPROC_V_STR: return "str";
-    case MPROC_V_BYTES: return "bytes";
-    case MPROC_V_LIST: return "list";
-    case MPROC_V_MAP: return "dict";
-    case MPROC_V_ERROR: return mproc_value_error_type(v);
-    case MPROC_V_EXT: return "ExtType";
-    }
-    return "object";
+    return mproc__py_type_name(v);
 }
 
 /* A value that left a container: drop the references it holds, then free it. */
