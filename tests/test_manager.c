@@ -21,7 +21,10 @@
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include "mtest.h"
@@ -2525,6 +2528,624 @@ MTEST(test_manager_8_threads_share_one_proxy)
     stop_mgr(m);
 }
 
+/* ============================================================ 11. regressions */
+
+/* The inodes of this process's sockets (socket:[N] in /proc/self/fd), sorted. */
+static size_t socket_inodes(unsigned long *out, size_t max)
+{
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d != NULL);
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], link[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, link, sizeof link - 1);
+        if (k <= 0)
+            continue;
+        link[k] = 0;
+        unsigned long ino;
+        if (sscanf(link, "socket:[%lu]", &ino) != 1)
+            continue;
+        CHECK(n < max);
+        size_t i = n++;
+        while (i > 0 && out[i - 1] > ino) { /* insertion sort: a handful of sockets */
+            out[i] = out[i - 1];
+            i--;
+        }
+        out[i] = ino;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A second handle on m's server (mproc_manager_connect, default options but
+ * the authkey). */
+static mproc_manager *connect_to(mproc_manager *m)
+{
+    size_t klen;
+    mproc_manager_opts co = {.authkey = mproc_manager_authkey(m, &klen)};
+    co.authkey_len = klen;
+    mproc_manager *c = NULL;
+    CHECK_OK(mproc_manager_connect(&c, mproc_manager_address(m), &co));
+    CHECK(c != NULL);
+    return c;
+}
+
+/* Regression: a request over the server's max_message, from a handle whose
+ * own max_message is larger (mproc_manager_connect's default, 64 MiB), is
+ * refused with MPROC_EMSGSIZE before anything is sent, and the connection
+ * and its session live on. It used to go out (the client checked only its
+ * own limit): the server dropped the connection (TCP: the call failed with
+ * MPROC_ECLOSED), the client dropped its end (unix), and with the handle's
+ * last connection its session ended: its dict was freed and its RLock
+ * released behind its back. */
+static void oversized_request_keeps_the_session(const char *address)
+{
+    mproc_manager_opts o = {.address = address, .max_message = 64 << 10};
+    mproc_manager *m = start_mgr_opts(&o);
+    mproc_manager *c = connect_to(m); /* max_message: the default, 64 MiB */
+    mproc_proxy *d, *r, *r_other;
+    CHECK_OK(mproc_manager_dict(c, &d));
+    CHECK_OK(mproc_manager_rlock(c, &r));
+    CHECK_OK(mproc_dict_set(d, VS("k"), VI(1)));
+    CHECK_OK(mproc_mlock_acquire(r, 5.0));
+    mproc_value *dref = keep(mproc_proxy_ref(d));
+    /* The same RLock through the owner's handle: another session. */
+    CHECK_OK(mproc_manager_proxy(m, keep(mproc_proxy_ref(r)), &r_other));
+    CHECK_ERR(mproc_mlock_acquire(r_other, 0), MPROC_ETIMEDOUT, NULL);
+    unsigned long before[64], after[64];
+    size_t nbefore = socket_inodes(before, 64);
+
+    size_t big_len = (size_t)1 << 20;
+    char *big = malloc(big_len + 1);
+    CHECK(big != NULL);
+    memset(big, 'x', big_len);
+    big[big_len] = 0;
+    mproc_value *bigv = VS(big);
+    free(big);
+    CHECK_ERR(mproc_dict_set(d, VS("big"), bigv), MPROC_EMSGSIZE, "max_message");
+    CHECK_ERR(mproc_dict_set(d, VS("big2"), bigv), MPROC_EMSGSIZE, NULL); /* again */
+
+    /* At once: the dict and the lock work, the RLock is still ours. */
+    CHECK_EQ(dict_int(d, "k"), 1);
+    check_serving(d, 2);
+    bool has = true;
+    CHECK_OK(mproc_dict_contains(d, VS("big"), &has));
+    CHECK(!has);
+    CHECK_OK(mproc_mlock_acquire(r, 0)); /* recursion: we own it */
+    CHECK_OK(mproc_mlock_release(r));
+    CHECK_ERR(mproc_mlock_acquire(r_other, 0), MPROC_ETIMEDOUT, NULL);
+    /* The connection the request was refused on was kept: no socket of this
+     * process was closed or opened (the old client dropped it and opened
+     * another at the next call). */
+    size_t nafter = socket_inodes(after, 64);
+    CHECK_EQ(nafter, nbefore);
+    for (size_t i = 0; i < nbefore; i++)
+        CHECK_EQ(after[i], before[i]);
+
+    /* A session ends when the server sees its last connection close, on its
+     * own and asynchronously: there is no event to wait on for something
+     * that must NOT happen, so watch for 0.5 s (well over the server's
+     * 0.1 s reaction time to a closed connection) that the dict lives and
+     * the RLock stays ours, as seen through the other handle. */
+    double t0 = mproc_monotonic();
+    do {
+        CHECK(!ref_gone(m, dref));
+        CHECK_ERR(mproc_mlock_acquire(r_other, 0), MPROC_ETIMEDOUT, NULL);
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    } while (mproc_monotonic() - t0 < 0.5);
+    CHECK_EQ(dict_int(d, "k"), 1);
+    CHECK_OK(mproc_mlock_acquire(r, 0));
+    CHECK_OK(mproc_mlock_release(r));
+    CHECK_OK(mproc_mlock_release(r)); /* the first acquire's level: ours to the end */
+    CHECK_ERR(mproc_mlock_release(r), MPROC_EPERM, NULL);
+    CHECK_OK(mproc_mlock_acquire(r_other, 0)); /* free now */
+    CHECK_OK(mproc_mlock_release(r_other));
+
+    mproc_proxy_free(r_other);
+    mproc_proxy_free(d);
+    mproc_proxy_free(r);
+    mproc_manager_free(c);
+    stop_mgr(m);
+}
+
+MTEST(test_manager_oversized_request_to_a_smaller_server_keeps_the_session_unix)
+{
+    oversized_request_keeps_the_session(NULL);
+}
+
+MTEST(test_manager_oversized_request_to_a_smaller_server_keeps_the_session_tcp)
+{
+    oversized_request_keeps_the_session("tcp:127.0.0.1:0");
+}
+
+/* Regression: a reference that leaves a container for a caller (Queue.get,
+ * dict pop, list pop) is handed over to the caller's handle: the server
+ * keeps its object alive for that handle for MGR_HANDOVER_S = 60 s
+ * (src/manager/mgr_int.h), or until mproc_manager_proxy() makes a proxy of
+ * it (the proxy adopts that reference); the server sweeps out hand-overs
+ * nobody adopted in time. (That expiry is not tested here: it takes a
+ * minute.) The server used to drop the container's reference as the value
+ * left: an object only a container held was destroyed before the consumer
+ * could make its proxy (MPROC_ENOENT).
+ *
+ * The consumer (a child process): takes a list reference from the Queue
+ * args[0], a dict reference by pop from the dict args[1] and a list
+ * reference by pop from the list args[2], all three before adopting any;
+ * then makes a proxy of each, checks its content and frees it: that was the
+ * last reference, the object is gone. */
+static int t_take_handed_over(mproc_args *a)
+{
+    mproc_proxy *q = mproc_args_object(a, 0, &mproc_proxy_type);
+    mproc_proxy *d = mproc_args_object(a, 1, &mproc_proxy_type);
+    mproc_proxy *l = mproc_args_object(a, 2, &mproc_proxy_type);
+    CHECK(q != NULL && d != NULL && l != NULL);
+    mproc_manager *m = mproc_proxy_manager(q);
+    mproc_value *refs[3] = {NULL, NULL, NULL};
+    CHECK_OK(mproc_mqueue_get(q, &refs[0], 10.0));
+    keep(refs[0]);
+    CHECK_OK(mproc_dict_pop(d, VS("k"), &refs[1]));
+    keep(refs[1]);
+    CHECK_OK(mproc_list_pop(l, -1, &refs[2]));
+    keep(refs[2]);
+    static const char *const typeids[3] = {"list", "dict", "list"};
+    static const char *const want[3] = {"['via queue', 1]", "{'via': 'dict pop'}",
+                                        "['via list pop', 3]"};
+    for (int i = 0; i < 3; i++) {
+        CHECK(strcmp(mproc_proxy_ref_typeid(refs[i]), typeids[i]) == 0);
+        mproc_proxy *p = NULL;
+        int rc = mproc_manager_proxy(m, refs[i], &p);
+        if (rc)
+            fprintf(stderr, "t_take_handed_over: reference %d (%s) not alive for its taker: %s %s\n",
+                    i, typeids[i], mproc_errname(rc), mproc_errmsg());
+        CHECK_OK(rc);
+        CHECK(strcmp(mproc_proxy_typeid(p), typeids[i]) == 0);
+        mproc_value *v;
+        CHECK_OK(mproc_proxy_call(p, "copy", NULL, 0, &v));
+        EXPECT_REPR(v, want[i]);
+        mproc_proxy_free(p);
+        CHECK(ref_gone(m, refs[i])); /* the adopted reference was the last one */
+    }
+    tmp_free();
+    return 0;
+}
+
+static void handover_scenario(mproc_start_method method)
+{
+    mproc_manager *m = start_mgr();
+    mproc_proxy *q, *d, *l, *x;
+    CHECK_OK(mproc_manager_queue(m, 0, &q));
+    CHECK_OK(mproc_manager_dict(m, &d));
+    CHECK_OK(mproc_manager_list(m, &l));
+    mproc_value *refs[3];
+    /* Each object's only proxy is freed once a container holds it. */
+    CHECK_OK(mproc_manager_list(m, &x));
+    CHECK_OK(mproc_list_extend(x, keep(mk_list(2, S("via queue"), I(1)))));
+    refs[0] = keep(mproc_proxy_ref(x));
+    CHECK_OK(mproc_mqueue_put(q, refs[0], 0));
+    mproc_proxy_free(x);
+    CHECK_OK(mproc_manager_dict(m, &x));
+    CHECK_OK(mproc_dict_set(x, VS("via"), VS("dict pop")));
+    refs[1] = keep(mproc_proxy_ref(x));
+    CHECK_OK(mproc_dict_set(d, VS("k"), refs[1]));
+    mproc_proxy_free(x);
+    CHECK_OK(mproc_manager_list(m, &x));
+    CHECK_OK(mproc_list_extend(x, keep(mk_list(2, S("via list pop"), I(3)))));
+    refs[2] = keep(mproc_proxy_ref(x));
+    CHECK_OK(mproc_list_append(l, refs[2]));
+    mproc_proxy_free(x);
+    for (int i = 0; i < 3; i++)
+        CHECK(!ref_gone(m, refs[i])); /* held by their containers only */
+
+    mproc_args *a = mproc_args_new();
+    CHECK_OK(mproc_args_add_object(a, &mproc_proxy_type, q));
+    CHECK_OK(mproc_args_add_object(a, &mproc_proxy_type, d));
+    CHECK_OK(mproc_args_add_object(a, &mproc_proxy_type, l));
+    mproc_process *p = mtest_start(method, t_take_handed_over, a);
+    mproc_args_free(a);
+    mtest_join(p, 0);
+
+    for (int i = 0; i < 3; i++)
+        CHECK(ref_gone(m, refs[i]));
+    size_t n = 9;
+    CHECK_OK(mproc_mqueue_qsize(q, &n));
+    CHECK_EQ(n, 0);
+    CHECK_OK(mproc_dict_len(d, &n));
+    CHECK_EQ(n, 0);
+    CHECK_OK(mproc_list_len(l, &n));
+    CHECK_EQ(n, 0);
+    mproc_proxy_free(q);
+    mproc_proxy_free(d);
+    mproc_proxy_free(l);
+    stop_mgr(m);
+}
+
+MTEST(test_manager_handover_from_containers_to_a_child_fork)
+{
+    handover_scenario(MPROC_START_FORK);
+}
+
+MTEST(test_manager_handover_from_containers_to_a_child_spawn)
+{
+    handover_scenario(MPROC_START_SPAWN);
+}
+
+/* Condition waiter (fork child): g_p[0] the Condition, g_p[1] a Value that
+ * counts the waiters. Holding the lock it counts itself, then waits (which
+ * releases the lock). 0 when notified, 2 when the wait timed out. */
+static int t_counted_cond_waiter(mproc_args *a)
+{
+    (void)a;
+    CHECK_OK(mproc_mcondition_acquire(g_p[0], 20.0));
+    CHECK_OK(mproc_mvalue_add(g_p[1], 1, NULL));
+    int rc = mproc_mcondition_wait(g_p[0], 10.0);
+    if (rc != 0) {
+        fprintf(stderr, "t_counted_cond_waiter: wait returned %s\n", mproc_errname(rc));
+        return 2;
+    }
+    CHECK_OK(mproc_mcondition_release(g_p[0]));
+    return 0;
+}
+
+static void wait_value_is(mproc_proxy *v, int64_t want)
+{
+    mproc_deadline dl = mproc_deadline_after(20.0);
+    for (;;) { /* each probe is a round trip to the server */
+        mproc_value *r;
+        CHECK_OK(mproc_mvalue_get(v, &r));
+        int64_t now = mproc_value_as_int(r);
+        mproc_value_free(r);
+        if (now == want)
+            return;
+        CHECK(!mproc_deadline_expired(dl));
+    }
+}
+
+/* Regression: notify(1) that picks a waiter whose process died (and whose
+ * death the server had not noticed yet) passes on to the next waiter. It
+ * used to be spent on the dead waiter: the live one slept on. (The server
+ * notices the death within its 0.1 s wait slice; the notify below follows
+ * the kill by about a millisecond, so it nearly always lands first.) */
+MTEST(test_manager_condition_notify_spent_on_a_dead_waiter_passes_on)
+{
+    mproc_manager *m = start_mgr();
+    mproc_proxy *c, *count;
+    CHECK_OK(mproc_manager_condition(m, NULL, &c));
+    CHECK_OK(mproc_manager_value(m, 'i', NULL, &count));
+    g_p[0] = c, g_p[1] = count;
+    mproc_process *w[2];
+    for (int i = 0; i < 2; i++) {
+        w[i] = start_fork(t_counted_cond_waiter, NULL);
+        wait_value_is(count, i + 1); /* it counted itself, holding the lock */
+        /* The lock is free again only once it waits: it is on the waiter
+         * list then, after the earlier one (notify takes the oldest). */
+        CHECK_OK(mproc_mcondition_acquire(c, 20.0));
+        wait_pid_parked(mproc_process_pid(w[i])); /* blocked for the wait's reply */
+        if (i == 0)
+            CHECK_OK(mproc_mcondition_release(c));
+    }
+    /* We hold the lock; w[0] and w[1] wait, w[0] first. */
+    CHECK_OK(mproc_process_kill(w[0]));
+    mtest_join(w[0], -SIGKILL); /* reaped: its sockets are closed */
+    double t0 = mproc_monotonic();
+    CHECK_OK(mproc_mcondition_notify(c, 1));
+    CHECK_OK(mproc_mcondition_release(c));
+    mtest_join(w[1], 0); /* notified (its wait gives up after 10 s: exit 2) */
+    CHECK(mproc_monotonic() - t0 < 8.0);
+    /* The lock is free: the dead waiter did not take it. */
+    CHECK_OK(mproc_mcondition_acquire(c, 0));
+    CHECK_OK(mproc_mcondition_release(c));
+    mproc_proxy_free(c);
+    mproc_proxy_free(count);
+    stop_mgr(m);
+}
+
+/* Fork children of a process whose other threads keep opening and closing
+ * manager connections (a handle each: connect, then free). */
+static atomic_int fork_threads_stop;
+static atomic_long fork_threads_cycles;
+static mproc_manager *fork_target;
+/* When closes_apart: held by an opener while it frees its handle and by the
+ * forking thread across fork, so no fork happens during a close. */
+static pthread_mutex_t fork_close_mu = PTHREAD_MUTEX_INITIALIZER;
+static bool fork_closes_apart;
+
+static void *th_open_connections(void *arg)
+{
+    (void)arg;
+    size_t klen;
+    mproc_manager_opts co = {.authkey = mproc_manager_authkey(fork_target, &klen)};
+    co.authkey_len = klen;
+    const char *addr = mproc_manager_address(fork_target);
+    while (!atomic_load(&fork_threads_stop)) {
+        mproc_manager *c = NULL;
+        if (mproc_manager_connect(&c, addr, &co) != 0) /* opens a connection */
+            return (void *)1;
+        if (fork_closes_apart)
+            pthread_mutex_lock(&fork_close_mu);
+        mproc_manager_free(c); /* closes it */
+        if (fork_closes_apart)
+            pthread_mutex_unlock(&fork_close_mu);
+        atomic_fetch_add(&fork_threads_cycles, 1);
+    }
+    return NULL;
+}
+
+/* The manager's listening address, to compare with getpeername(). Only the
+ * default abstract unix addresses ("unix:@name"). */
+typedef struct {
+    struct sockaddr_un un;
+    socklen_t len;
+} peer_addr;
+
+static peer_addr manager_peer_addr(mproc_manager *m)
+{
+    const char *a = mproc_manager_address(m);
+    CHECK(strncmp(a, "unix:@", 6) == 0);
+    peer_addr p;
+    memset(&p, 0, sizeof p);
+    p.un.sun_family = AF_UNIX;
+    size_t n = strlen(a + 6);
+    CHECK(n + 1 < sizeof p.un.sun_path);
+    memcpy(p.un.sun_path + 1, a + 6, n); /* sun_path[0] = 0: abstract */
+    p.len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    return p;
+}
+
+/* How many of this process's fds are sockets connected to `want`.
+ * Async-signal-safe (no malloc, no stdio): it runs in a fork child of a
+ * process whose other threads were running. -1 when /proc is unreadable. */
+static int count_peer_sockets(const peer_addr *want)
+{
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    int count = 0;
+    char buf[4096] __attribute__((aligned(8)));
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            /* struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name */
+            unsigned short reclen;
+            memcpy(&reclen, buf + off + 16, sizeof reclen);
+            const char *name = buf + off + 19;
+            off += reclen;
+            if (name[0] < '0' || name[0] > '9')
+                continue;
+            int fd = 0;
+            for (const char *p = name; *p >= '0' && *p <= '9'; p++)
+                fd = fd * 10 + (*p - '0');
+            if (fd == dfd)
+                continue;
+            struct stat st;
+            if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+                continue;
+            struct sockaddr_un peer;
+            socklen_t len = sizeof peer;
+            memset(&peer, 0, sizeof peer);
+            if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 && len == want->len &&
+                memcmp(&peer, &want->un, len) == 0)
+                count++;
+        }
+    }
+    close(dfd);
+    return count;
+}
+
+/* 50 times: fork (from this thread) while 3 other threads open and close
+ * connections; the child counts at once the sockets it has that are
+ * connected to the manager: there must be none (the atfork child handler
+ * closes the copies of the connections it knows of). closes_apart: no fork
+ * during a close (see the two tests below). */
+static void fork_during_connection_churn(bool closes_apart)
+{
+    mproc_manager *m = start_mgr();
+    fork_target = m;
+    fork_closes_apart = closes_apart;
+    peer_addr want = manager_peer_addr(m);
+    mproc_proxy *d;
+    CHECK_OK(mproc_manager_dict(m, &d));
+    CHECK(count_peer_sockets(&want) >= 1); /* the probe sees our own connection */
+    atomic_store(&fork_threads_stop, 0);
+    atomic_store(&fork_threads_cycles, 0);
+    enum { NOPENERS = 3, NFORKS = 50 };
+    pthread_t th[NOPENERS];
+    for (int i = 0; i < NOPENERS; i++)
+        CHECK(pthread_create(&th[i], NULL, th_open_connections, NULL) == 0);
+    int bad = 0;
+    for (int i = 0; i < NFORKS; i++) {
+        /* Wait for a few more connect/free cycles: the threads run all along. */
+        long seen = atomic_load(&fork_threads_cycles);
+        mproc_deadline dl = mproc_deadline_after(20.0);
+        while (atomic_load(&fork_threads_cycles) < seen + 2) {
+            CHECK(!mproc_deadline_expired(dl));
+            sched_yield();
+        }
+        fflush(NULL);
+        if (closes_apart)
+            pthread_mutex_lock(&fork_close_mu);
+        pid_t pid = fork();
+        if (pid == 0) {
+            int n = count_peer_sockets(&want);
+            _exit(n < 0 ? 100 : n > 99 ? 99 : n);
+        }
+        if (closes_apart)
+            pthread_mutex_unlock(&fork_close_mu);
+        CHECK(pid > 0);
+        int st = wait_program(pid, 20.0);
+        if (st != 0) {
+            fprintf(stderr, "fork %d: the child has %d socket(s) connected to the manager\n", i,
+                    st);
+            bad++;
+        }
+    }
+    atomic_store(&fork_threads_stop, 1);
+    for (int i = 0; i < NOPENERS; i++) {
+        void *r;
+        CHECK(pthread_join(th[i], &r) == 0);
+        CHECK(r == NULL);
+    }
+    if (bad)
+        fprintf(stderr, "%d of %d fork children kept a manager connection of the parent\n", bad,
+                NFORKS);
+    CHECK_EQ(bad, 0);
+    check_serving(d, 1);
+    mproc_proxy_free(d);
+    stop_mgr(m);
+}
+
+/* Regression: a fork child does not inherit a connection its parent was
+ * opening at the time of the fork. One still being opened was not listed
+ * in its handle yet, so the child never closed its copy (and kept the
+ * parent's connection open on the server after the parent had closed it:
+ * its session, objects and locks lived on). Now fork waits until the opens
+ * in flight are listed. */
+MTEST(test_manager_fork_child_inherits_no_connection_being_opened)
+{
+    fork_during_connection_churn(true);
+}
+
+/* Bug pin: the same for a connection its parent was closing at the time of
+ * the fork. conn_drop (src/manager/client.c) unlinks the connection from
+ * its handle under the handle's mutex, then closes it after unlocking: a
+ * fork in between makes a child that has the socket but not the
+ * connection in any list, so its atfork handler does not close it. */
+MTEST(test_manager_fork_child_inherits_no_connection_being_closed)
+{
+    fork_during_connection_churn(false);
+}
+
+/* A thread that blocks in a Queue get through its own connection of a handle. */
+typedef struct {
+    mproc_proxy *q;
+    _Atomic pid_t tid;
+    int rc;
+} queue_getter;
+
+static void *th_queue_get(void *arg)
+{
+    queue_getter *g = arg;
+    atomic_store(&g->tid, gettid_());
+    mproc_value *v = NULL;
+    g->rc = mproc_mqueue_get(g->q, &v, 20.0);
+    mproc_value_free(v);
+    return NULL;
+}
+
+/* The documented owner of a Lock/RLock: the (manager handle, thread) that
+ * acquired it. Release through that handle works, from any of the handle's
+ * connections (the owner is the handle's session, not a connection); the
+ * same thread through another handle, or another thread of the handle, is
+ * refused (MPROC_EPERM); a handle freed while holding it releases it. */
+MTEST(test_manager_lock_owner_is_the_handle_and_thread)
+{
+    mproc_manager *m = start_mgr(); /* H2 */
+    mproc_manager *h1 = connect_to(m);
+    mproc_proxy *r1, *r2, *q1, *q2;
+    CHECK_OK(mproc_manager_rlock(h1, &r1));
+    CHECK_OK(mproc_manager_proxy(m, keep(mproc_proxy_ref(r1)), &r2));
+    CHECK_EQ(mproc_proxy_id(r2), mproc_proxy_id(r1));
+
+    CHECK_OK(mproc_mlock_acquire(r1, 5.0));
+    CHECK_ERR(mproc_mlock_release(r2), MPROC_EPERM, NULL); /* same thread, other handle */
+    CHECK_ERR(mproc_mlock_acquire(r2, 0), MPROC_ETIMEDOUT, NULL);
+    CHECK_EQ(run_lock_thread(r1, 0), MPROC_EPERM); /* same handle, other thread */
+    CHECK_OK(mproc_mlock_release(r1));
+    CHECK_ERR(mproc_mlock_release(r1), MPROC_EPERM, NULL);
+    /* H2 takes it now; H1 in the same thread cannot release it. */
+    CHECK_OK(mproc_mlock_acquire(r2, 0));
+    CHECK_ERR(mproc_mlock_release(r1), MPROC_EPERM, NULL);
+    CHECK_ERR(mproc_mlock_acquire(r1, 0), MPROC_ETIMEDOUT, NULL);
+    CHECK_OK(mproc_mlock_release(r2));
+
+    /* Acquire through one connection of H1, release through another: a
+     * thread blocked in a get through H1 holds the connection the acquire
+     * used, so the release opens a new one. */
+    CHECK_OK(mproc_manager_queue(h1, 0, &q1));
+    CHECK_OK(mproc_manager_proxy(m, keep(mproc_proxy_ref(q1)), &q2));
+    CHECK_OK(mproc_mlock_acquire(r1, 5.0));
+    unsigned long before[64], after[64];
+    size_t nbefore = socket_inodes(before, 64);
+    queue_getter g = {.q = q1};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, th_queue_get, &g) == 0);
+    while (atomic_load(&g.tid) == 0)
+        sched_yield();
+    char path[96];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)atomic_load(&g.tid));
+    wait_parked(path);
+    CHECK_OK(mproc_mlock_release(r1));
+    CHECK_EQ(socket_inodes(after, 64), nbefore + 1); /* it went over a new connection */
+    CHECK_ERR(mproc_mlock_release(r1), MPROC_EPERM, NULL);
+    CHECK_OK(mproc_mlock_acquire(r2, 0)); /* really released */
+    CHECK_OK(mproc_mlock_release(r2));
+    CHECK_OK(mproc_mqueue_put(q2, VS("wake"), 0));
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK_OK(g.rc);
+
+    /* A handle freed while holding the lock releases it (the server sees
+     * its connections close, on its own: poll). */
+    mproc_manager *h3 = connect_to(m);
+    mproc_proxy *r3;
+    CHECK_OK(mproc_manager_proxy(h3, keep(mproc_proxy_ref(r1)), &r3));
+    CHECK_OK(mproc_mlock_acquire(r3, 5.0));
+    CHECK_ERR(mproc_mlock_acquire(r2, 0), MPROC_ETIMEDOUT, NULL);
+    mproc_proxy_free(r3);
+    mproc_manager_free(h3);
+    POLL_UNTIL(mproc_mlock_acquire(r2, 0) == 0);
+    CHECK_OK(mproc_mlock_release(r2));
+
+    mproc_proxy_free(q1);
+    mproc_proxy_free(q2);
+    mproc_proxy_free(r1);
+    mproc_proxy_free(r2);
+    mproc_manager_free(h1);
+    stop_mgr(m);
+}
+
+/* max_clients = 2: a third connection is refused at once with MPROC_EAGAIN
+ * and a message that says why; the two served keep working. */
+MTEST(test_manager_max_clients_third_connect_is_eagain_with_a_message)
+{
+    mproc_manager_opts o = {.max_clients = 2};
+    mproc_manager *m = start_mgr_opts(&o); /* no connection of its own yet */
+    mproc_manager *c1 = connect_to(m), *c2 = connect_to(m);
+    mproc_proxy *d1, *d2;
+    CHECK_OK(mproc_manager_dict(c1, &d1));
+    CHECK_OK(mproc_manager_proxy(c2, keep(mproc_proxy_ref(d1)), &d2));
+    size_t klen;
+    mproc_manager_opts co = {.authkey = mproc_manager_authkey(m, &klen)};
+    co.authkey_len = klen;
+    for (int i = 0; i < 3; i++) {
+        mproc_manager *c3 = (mproc_manager *)1;
+        double t0 = mproc_monotonic();
+        CHECK_ERR(mproc_manager_connect(&c3, mproc_manager_address(m), &co), MPROC_EAGAIN,
+                  "client limit");
+        CHECK(c3 == NULL);
+        CHECK(mproc_monotonic() - t0 < 5.0);
+        check_serving(d1, 10 + i);
+        CHECK_EQ(dict_int(d2, "alive"), 10 + i);
+        check_serving(d2, 20 + i);
+    }
+    mproc_proxy_free(d2);
+    mproc_manager_free(c2);
+    mproc_proxy_free(d1);
+    mproc_manager_free(c1);
+    /* The owner's handle needs a connection to shut the server down: a slot
+     * frees when the server sees a client's connection close, on its own
+     * (poll). */
+    mproc_proxy *d = NULL;
+    POLL_UNTIL(mproc_manager_dict(m, &d) == 0);
+    mproc_proxy_free(d);
+    stop_mgr(m);
+}
+
 int main(int argc, char **argv)
 {
     mproc_init(&argc, &argv);
@@ -2569,6 +3190,15 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_manager_raw_clients_with_garbage_are_dropped),
         MTEST_ENTRY(test_manager_invalid_arguments_are_einval),
         MTEST_ENTRY(test_manager_8_threads_share_one_proxy),
+        MTEST_ENTRY(test_manager_oversized_request_to_a_smaller_server_keeps_the_session_unix),
+        MTEST_ENTRY(test_manager_oversized_request_to_a_smaller_server_keeps_the_session_tcp),
+        MTEST_ENTRY(test_manager_handover_from_containers_to_a_child_fork),
+        MTEST_ENTRY(test_manager_handover_from_containers_to_a_child_spawn),
+        MTEST_ENTRY(test_manager_condition_notify_spent_on_a_dead_waiter_passes_on),
+        MTEST_ENTRY(test_manager_fork_child_inherits_no_connection_being_opened),
+        MTEST_ENTRY(test_manager_fork_child_inherits_no_connection_being_closed),
+        MTEST_ENTRY(test_manager_lock_owner_is_the_handle_and_thread),
+        MTEST_ENTRY(test_manager_max_clients_third_connect_is_eagain_with_a_message),
     };
     mtest_warmup = mtest_warmup_tracker_and_forkserver;
     return mtest_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
