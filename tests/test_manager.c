@@ -5,8 +5,8 @@
  * hostile input. The runner checks for leaked fds, children, zombies and
  * /dev/shm after each test, so every test shuts its manager down.
  *
- * Tests named in a "Bug pin" comment fail on purpose until the library
- * behaves as documented (see the comment above each).
+ * Tests marked "Regression" failed on an earlier version of the library
+ * (the comment above each says how).
  *
  * Waiting rules: a test never sleeps to let something happen. It waits on a
  * pipe, a managed object or a process, each with a bounded timeout. The only
@@ -1853,7 +1853,7 @@ static mproc_value *kill_blocked_child(mproc_manager *m, int mode)
     return ref;
 }
 
-/* Bug pin: an item put after a blocked getter died (and was reaped, so its
+/* Regression: an item put after a blocked getter died (and was reaped, so its
  * sockets are closed) must not be taken by the dead getter's abandoned
  * call. We take the item only once the dead client's session has ended
  * (its dict is gone), i.e. once its call has returned either way. */
@@ -1878,7 +1878,7 @@ MTEST(test_manager_item_put_after_getter_died_is_not_lost)
     stop_mgr(m);
 }
 
-/* Bug pin, as above for a Semaphore: a release after the blocked acquirer
+/* Regression, as above for a Semaphore: a release after the blocked acquirer
  * died must not be spent on the dead caller (a Semaphore has no owner, so
  * nothing gives that unit back). */
 MTEST(test_manager_release_after_acquirer_died_is_not_lost)
@@ -2211,7 +2211,7 @@ MTEST(test_manager_server_exits_when_its_owner_dies)
     close_pipes();
 }
 
-/* Bug pin: a server on a unix socket file removes it when it stops, so a
+/* Regression: a server on a unix socket file removes it when it stops, so a
  * new server can take the same path (a Listener refuses a path that exists). */
 MTEST(test_manager_unix_path_socket_is_removed_at_shutdown)
 {
@@ -3011,11 +3011,11 @@ MTEST(test_manager_fork_child_inherits_no_connection_being_opened)
     fork_during_connection_churn(true);
 }
 
-/* Bug pin: the same for a connection its parent was closing at the time of
- * the fork. conn_drop (src/manager/client.c) unlinks the connection from
- * its handle under the handle's mutex, then closes it after unlocking: a
- * fork in between makes a child that has the socket but not the
- * connection in any list, so its atfork handler does not close it. */
+/* Regression: the same for a connection its parent was closing at the time
+ * of the fork. conn_drop (src/manager/client.c) used to unlink the
+ * connection under the handle's mutex and close it after unlocking: a fork
+ * in between made a child that had the socket but not the connection in
+ * any list, so its atfork handler did not close it. */
 MTEST(test_manager_fork_child_inherits_no_connection_being_closed)
 {
     fork_during_connection_churn(false);

@@ -77,7 +77,7 @@ static atomic_int pid_cache;
 static pthread_mutex_t handles_mu = PTHREAD_MUTEX_INITIALIZER;
 /* Held (read) while a connection is being opened and not yet listed, taken
  * (write) across fork: a child never inherits a socket it does not know. */
-static pthread_rwlock_t open_lock = PTHREAD_RWLOCK_INITIALIZER;
+static pthread_rwlock_t open_lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP; /* fork is never starved */
 static mproc_manager *handles; /* every handle, for the fork child */
 
 static void fork_reset(mproc_manager *m);
@@ -90,7 +90,8 @@ static void atfork_child(void)
     atomic_store(&pid_cache, 0);
     pthread_mutex_init(&reg_mu, NULL);
     pthread_mutex_init(&handles_mu, NULL);
-    pthread_rwlock_init(&open_lock, NULL);
+    pthread_rwlock_t fresh = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+    open_lock = fresh;
     for (mproc_manager *m = handles; m; m = m->h_next)
         fork_reset(m);
 }
@@ -324,8 +325,8 @@ static void conn_drop(mproc_manager *m, cconn *cc)
         m->all = cc->all_next;
     if (cc->all_next)
         cc->all_next->all_prev = cc->all_prev;
+    cconn_close(cc); /* before unlocking: a fork (which holds m->mu) never sees it half gone */
     pthread_mutex_unlock(&m->mu);
-    cconn_close(cc);
 }
 
 static int conn_get(mproc_manager *m, cconn **out)
