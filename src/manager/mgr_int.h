@@ -23,6 +23,8 @@ typedef struct mgr_call {
     uint32_t tid;     /* the calling thread, within that process */
     bool msg_set;
     char msg[256];    /* message sent with an error reply */
+    bool no_block;    /* a try by the dispatcher: mgr_sync_wait must not sleep */
+    bool would_block; /* ... and it wanted to: the call is run again, blocking */
 } mgr_call;
 
 /* Record a message for the error reply and return `code`. */
@@ -51,6 +53,13 @@ typedef struct mgr_type {
     /* Blocking types: the process `session` ended (all its connections
      * closed): release what it held (locks). Sync mutex held. May be NULL. */
     void (*session_end)(mgr_obj *o, uint64_t session);
+    /* Blocking types whose every wait may time out without a trace (the
+     * method returns as on a timeout and has changed nothing): the
+     * dispatcher first tries their calls itself with c->no_block set, and
+     * hands them to the connection's thread only when they would wait.
+     * Not Condition (wait releases the lock) nor Barrier (a timeout breaks
+     * it). */
+    bool try_inline;
 } mgr_type;
 
 struct mgr_obj {
@@ -94,8 +103,9 @@ void mgr_obj_release(mgr_server *s, mgr_obj *o);
  * blocking type; a method that must wait calls mgr_sync_wait in a loop:
  *   while (!ready) { rc = mgr_sync_wait(c, d); if (rc) return ...; }
  * It sleeps until a mgr_sync_broadcast, a slice of MGR_SLICE_S or `d`,
- * and returns 0 (check the state again), MPROC_ETIMEDOUT (d has passed) or
- * MPROC_ECLOSED (the caller is gone or the server stops). */
+ * and returns 0 (check the state again), MPROC_ETIMEDOUT (d has passed, or
+ * a no_block try would sleep) or MPROC_ECLOSED (the caller is gone or the
+ * server stops). */
 int mgr_sync_wait(mgr_call *c, mproc_deadline d);
 /* Wake every waiter: call after any change a waiter may wait for. */
 void mgr_sync_broadcast(mgr_server *s);
@@ -105,7 +115,8 @@ void mgr_sync_broadcast(mgr_server *s);
 /* MPROC_EINVAL with "<method>() takes ..." unless min <= len(args) <= max. */
 int mgr_args_count(mgr_call *c, const char *method, const mproc_value *args, size_t min,
                    size_t max);
-/* Steal item i of the list (leaves a nil in its place). NULL on OOM. */
+/* Steal item i of the list, leaving a hole that reads as nil
+ * (mproc_value_at gives NULL). NULL when out of range or taken already. */
 mproc_value *mgr_arg_take(mproc_value *args, size_t i);
 /* Item i as an int (INT or BOOL), MPROC_EINVAL otherwise. */
 int mgr_arg_int(mgr_call *c, const mproc_value *args, size_t i, int64_t *out);

@@ -201,6 +201,10 @@ int mgr_sync_wait(mgr_call *c, mproc_deadline d)
         return MPROC_ECLOSED;
     if (mproc_deadline_expired(d))
         return MPROC_ETIMEDOUT;
+    if (c->no_block) {
+        c->would_block = true;
+        return MPROC_ETIMEDOUT;
+    }
     int64_t now = mproc__now_ns(), until = now + (int64_t)(MGR_SLICE_S * 1e9);
     if (d.ns < until)
         until = d.ns;
@@ -231,10 +235,13 @@ int mgr_args_count(mgr_call *c, const char *method, const mproc_value *args, siz
 
 mproc_value *mgr_arg_take(mproc_value *args, size_t i)
 {
-    mproc_value *nil = mproc_value_nil();
-    if (!nil)
+    /* Leave a hole: every reader of args (mproc_value_at, the free) takes
+     * NULL for nil, and args is never encoded. No allocation per call. */
+    if (!args || args->type != MPROC_V_LIST || i >= args->u.l.n)
         return NULL;
-    return mproc_value_replace_at(args, i, nil);
+    mproc_value *v = args->u.l.v[i];
+    args->u.l.v[i] = NULL;
+    return v;
 }
 
 int mgr_arg_int(mgr_call *c, const mproc_value *args, size_t i, int64_t *out)
@@ -355,7 +362,8 @@ static void user_destroy(mgr_obj *o)
         o->user->destroy(o->impl);
 }
 
-static const mgr_type user_type = {"(user)", false, user_create, user_call, user_destroy, NULL};
+static const mgr_type user_type = {"(user)", false, user_create, user_call, user_destroy, NULL,
+                                   false};
 
 static const mgr_type *const builtin_types[] = {
     &mgr_t_dict,  &mgr_t_list,      &mgr_t_namespace,  &mgr_t_value,
@@ -433,7 +441,7 @@ static void decref_locked(mgr_server *s, mgr_obj *o)
         s->free_head = idx;
     }
     o->next_dead = s->dead;
-    s->dead = o;
+    __atomic_store_n(&s->dead, o, __ATOMIC_RELEASE);
 }
 
 void mgr_obj_release(mgr_server *s, mgr_obj *o)
@@ -462,6 +470,8 @@ static void obj_free(mgr_obj *o)
 /* Destroy what died, outside every lock. Destroying may release more. */
 static void reap(mgr_server *s)
 {
+    if (!__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE))
+        return; /* nothing died: the common case costs no lock */
     for (;;) {
         pthread_mutex_lock(&s->mu);
         mgr_obj *o = s->dead;
@@ -1030,10 +1040,11 @@ static bool request_ok(const mproc_value *v, size_t nfields)
 
 /* Run the request `v` (checked by request_ok; freed here) for `cn` and
  * encode the reply into `out`. */
-static int run_request(mgr_conn *cn, mproc_value *v, mproc_buf *out)
+static int run_request(mgr_conn *cn, mproc_value *v, mgr_obj *held, mproc_buf *out,
+                       bool *would_block)
 {
     mgr_server *s = cn->s;
-    mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->gen};
+    mgr_call c = {.srv = s, .conn = cn, .session = cn->sess->gen, .no_block = would_block != NULL};
     mproc_value *result = NULL;
     const char *method = mproc_value_as_str(mproc_value_at(v, 1), NULL);
     mproc_value *args = mproc_value_at(v, 2);
@@ -1043,11 +1054,13 @@ static int run_request(mgr_conn *cn, mproc_value *v, mproc_buf *out)
     if (id == 0) {
         rc = server_method(&c, method, args, &result);
     } else {
-        pthread_mutex_lock(&s->mu);
-        mgr_obj *o = lookup_locked(s, id);
-        if (o)
-            o->refs++;
-        pthread_mutex_unlock(&s->mu);
+        mgr_obj *o = held;
+        if (!o) {
+            pthread_mutex_lock(&s->mu);
+            if ((o = lookup_locked(s, id)) != NULL)
+                o->refs++;
+            pthread_mutex_unlock(&s->mu);
+        }
         if (!o) {
             rc = mgr_fail(&c, MPROC_ENOENT, "KeyError: managed object %#llx no longer exists",
                           (unsigned long long)id);
@@ -1059,6 +1072,12 @@ static int run_request(mgr_conn *cn, mproc_value *v, mproc_buf *out)
         }
     }
     mproc_value_free(v);
+    if (c.would_block) { /* no answer: the caller runs it again, blocking */
+        mproc_value_free(result);
+        *would_block = true;
+        reap(s);
+        return 0;
+    }
     if (rc && !c.msg_set)
         mgr_fail(&c, rc, "%s", mproc_strerror(rc));
     int e = encode_reply(out, rc, result, c.msg, s->cfg.max_message);
@@ -1238,7 +1257,7 @@ static void serve_socket(mgr_conn *cn)
         rc = decode_request(cn, req, len, &v);
         free(req);
         if (!rc && v)
-            rc = run_request(cn, v, &cn->out);
+            rc = run_request(cn, v, NULL, &cn->out, NULL);
         if (!rc)
             rc = send_reply(cn, &cn->out);
         if (atomic_load(&s->stopping))
@@ -1271,7 +1290,7 @@ static void serve_shm(mgr_conn *cn)
         mproc_value *v = atomic_exchange(&cn->handed, NULL);
         if (!v)
             continue;
-        int rc = run_request(cn, v, &cn->out);
+        int rc = run_request(cn, v, NULL, &cn->out, NULL);
         if (!rc)
             rc = send_reply(cn, &cn->out);
         if (atomic_load(&s->stopping))
@@ -1357,9 +1376,9 @@ static void *dispatcher_main(void *arg)
             continue;
         mproc_value *v = NULL;
         rc = mproc_msgpack_decode(req, len, NULL, &v);
-        free(req);
         if (rc || !request_ok(v, 5)) { /* no connection to answer: drop it */
             mproc_value_free(v);
+            free(req);
             continue;
         }
         uint64_t key = (uint64_t)mproc_value_as_int(mproc_value_at(v, 4));
@@ -1371,16 +1390,36 @@ static void *dispatcher_main(void *arg)
             cn = NULL;
         if (cn)
             cn->refs++;
-        bool inline_ok = true;
-        if (cn && id) {
-            mgr_obj *o = lookup_locked(s, id);
-            inline_ok = !o || (!o->type->blocking && !o->user);
+        bool inline_ok = true, try_only = false;
+        mgr_obj *o = NULL;
+        if (cn && id && (o = lookup_locked(s, id)) != NULL) {
+            try_only = o->type->blocking;
+            inline_ok = !o->user && (!o->type->blocking || o->type->try_inline);
+            if (inline_ok)
+                o->refs++; /* for run_request */
+            else
+                o = NULL;
         }
         pthread_mutex_unlock(&s->mu);
         if (!cn) {
             mproc_value_free(v);
+            free(req);
             continue;
         }
+        bool would_block = false;
+        if (inline_ok) {
+            rc = run_request(cn, v, o, &out, try_only ? &would_block : NULL);
+            v = NULL;
+            if (would_block) { /* run it again where it may wait */
+                inline_ok = false;
+                if (mproc_msgpack_decode(req, len, NULL, &v) != 0) {
+                    free(req);
+                    conn_release(cn);
+                    continue;
+                }
+            }
+        }
+        free(req);
         if (!inline_ok) {
             /* One request at a time per connection; a client that sends
              * another before its answer only loses the older one. */
@@ -1392,7 +1431,6 @@ static void *dispatcher_main(void *arg)
             conn_release(cn);
             continue;
         }
-        rc = run_request(cn, v, &out);
         if (!rc)
             send_reply(cn, &out);
         bool stop = atomic_load(&s->stopping);

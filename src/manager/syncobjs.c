@@ -914,15 +914,17 @@ static int bar_call(mgr_obj *o, const char *method, mproc_value *args, mproc_val
 
 /* ------------------------------------------------------------ the types */
 
-const mgr_type mgr_t_queue = {"Queue", true, q_create, q_call, q_destroy, NULL};
-const mgr_type mgr_t_joinable_queue = {"JoinableQueue", true, jq_create, q_call, q_destroy, NULL};
-const mgr_type mgr_t_lock = {"Lock", true, lock_create, lock_call, free_impl, lock_session_end};
+const mgr_type mgr_t_queue = {"Queue", true, q_create, q_call, q_destroy, NULL, true};
+const mgr_type mgr_t_joinable_queue = {"JoinableQueue", true, jq_create, q_call, q_destroy, NULL,
+                                       true};
+const mgr_type mgr_t_lock = {"Lock", true, lock_create, lock_call, free_impl, lock_session_end,
+                             true};
 const mgr_type mgr_t_rlock = {"RLock", true, rlock_create, lock_call, free_impl,
-                              lock_session_end};
-const mgr_type mgr_t_semaphore = {"Semaphore", true, sem_create, sem_call, free_impl, NULL};
+                              lock_session_end, true};
+const mgr_type mgr_t_semaphore = {"Semaphore", true, sem_create, sem_call, free_impl, NULL, true};
 const mgr_type mgr_t_bounded_semaphore = {"BoundedSemaphore", true, bsem_create, sem_call,
-                                          free_impl, NULL};
+                                          free_impl, NULL, true};
 const mgr_type mgr_t_condition = {"Condition", true, cv_create, cv_call, cv_destroy,
-                                  cv_session_end};
-const mgr_type mgr_t_event = {"Event", true, ev_create, ev_call, free_impl, NULL};
-const mgr_type mgr_t_barrier = {"Barrier", true, bar_create, bar_call, bar_destroy, NULL};
+                                  cv_session_end, false};
+const mgr_type mgr_t_event = {"Event", true, ev_create, ev_call, free_impl, NULL, true};
+const mgr_type mgr_t_barrier = {"Barrier", true, bar_create, bar_call, bar_destroy, NULL, false};
