@@ -207,11 +207,12 @@ void mproc__shm_close_keep_mapping(struct mproc_shm *s);
  * wait for. */
 struct mproc_queue;
 void mproc__queue_set_spin(struct mproc_queue *q, int polls);
-/* `spin_polls` polls with pauses between them, then `yield_polls` polls
- * giving the CPU away (sched_yield) between them, then sleep: for
- * request/reply channels where the awaited peer may need this very CPU
+/* `spin_polls` polls with `gap` pauses between them (<0: the defaults),
+ * then `yield_polls` polls giving the CPU away (sched_yield) between them,
+ * then sleep: for request/reply channels, where the answer is awaited
+ * (a short gap notices it sooner) and the peer may need this very CPU
  * (more runnable threads than cores). */
-void mproc__queue_set_wait(struct mproc_queue *q, int spin_polls, int yield_polls);
+void mproc__queue_set_wait(struct mproc_queue *q, int spin_polls, int gap, int yield_polls);
 /* Registry of started children (for active_children and the exit handler). */
 void mproc__atexit_install(void);
 

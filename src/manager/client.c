@@ -211,7 +211,7 @@ static int recv_queues(cconn *cc)
     }
     cc->req = qs[0];
     cc->rep = qs[1];
-    mproc__queue_set_wait(cc->rep, MGR_SPIN_POLLS, MGR_YIELD_POLLS);
+    mproc__queue_set_wait(cc->rep, MGR_SPIN_POLLS, MGR_SPIN_GAP, MGR_YIELD_POLLS);
     return 0;
 }
 

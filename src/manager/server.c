@@ -1559,6 +1559,7 @@ int mgr__server_main(mproc_args *a)
         report(ready, rc, "cannot start the dispatcher");
         server_exit(s);
     }
+    mproc__queue_set_wait(s->shared_req, MGR_DISPATCH_POLLS, MGR_DISPATCH_GAP, 0);
     report(ready, 0, mproc_listener_address(l));
     int owner = mproc__parent_pidfd();
     int64_t last_sweep = mproc__now_ns();

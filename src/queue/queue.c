@@ -115,6 +115,7 @@ struct mproc_queue {
     uint64_t cap, mask;
     _Atomic int spin; /* polls before a waiter of this handle sleeps */
     _Atomic int yields; /* then polls with sched_yield() between them */
+    _Atomic int gap;    /* pauses between two spin polls */
 };
 
 static inline void cpu_relax(void)
@@ -255,10 +256,11 @@ static int park_until(const mproc_queue *q, wake *w, ready_fn ready, uint64_t ar
      * without touching the producer's line. */
     int spin = atomic_load_explicit(&((mproc_queue *)q)->spin, memory_order_relaxed);
     int yields = atomic_load_explicit(&((mproc_queue *)q)->yields, memory_order_relaxed);
+    int gap = atomic_load_explicit(&((mproc_queue *)q)->gap, memory_order_relaxed);
     for (int i = 0; i < spin; i++) {
         if (ready(q, arg))
             return 0;
-        for (int k = 0; k < SPIN_GAP; k++)
+        for (int k = 0; k < gap; k++)
             cpu_relax();
     }
     for (int i = 0; i < yields; i++) {
@@ -753,6 +755,7 @@ static int q_wrap(mproc_shm *shm, mproc_queue **out)
     q->mask = q->cap - 1;
     atomic_init(&q->spin, SPIN);
     atomic_init(&q->yields, 0);
+    atomic_init(&q->gap, SPIN_GAP);
     if (!membarrier_register())
         atomic_store(&q->st->async_wake, 0);
     *out = q;
@@ -1055,8 +1058,9 @@ void mproc__queue_set_spin(mproc_queue *q, int polls)
     atomic_store_explicit(&q->spin, polls < 0 ? SPIN : polls, memory_order_relaxed);
 }
 
-void mproc__queue_set_wait(mproc_queue *q, int spin_polls, int yield_polls)
+void mproc__queue_set_wait(mproc_queue *q, int spin_polls, int gap, int yield_polls)
 {
     atomic_store_explicit(&q->spin, spin_polls < 0 ? SPIN : spin_polls, memory_order_relaxed);
+    atomic_store_explicit(&q->gap, gap < 0 ? SPIN_GAP : gap, memory_order_relaxed);
     atomic_store_explicit(&q->yields, yield_polls < 0 ? 0 : yield_polls, memory_order_relaxed);
 }
