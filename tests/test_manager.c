@@ -804,9 +804,10 @@ MTEST(test_manager_condition_between_two_processes)
     mproc_process *p = start_fork(t_cond_waiter, NULL);
     bool has = false;
     mproc_deadline dl = mproc_deadline_after(20.0);
+    const mproc_value *waiting = VS("waiting"); /* one key: the loop may spin many times */
     while (!has) { /* each probe is a round trip to the server */
         CHECK(!mproc_deadline_expired(dl));
-        CHECK_OK(mproc_dict_contains(d, VS("waiting"), &has));
+        CHECK_OK(mproc_dict_contains(d, waiting, &has));
     }
     CHECK_OK(mproc_mcondition_acquire(c, 20.0)); /* free only once the child waits */
     CHECK_OK(mproc_dict_set(d, VS("flag"), VI(1)));
