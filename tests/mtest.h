@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <signal.h>
 #include <stdio.h>
@@ -82,6 +83,37 @@ static inline void mtest_join(mproc_process *p, int want)
     CHECK_OK(mproc_process_join(p, 60.0));
     CHECK_EQ(mproc_process_exitcode(p), want);
     CHECK_OK(mproc_process_close(p));
+}
+
+/* true if the thread/process at `path` (/proc/.../syscall) sleeps in
+ * FUTEX_WAIT_BITSET: where a queue call (and so a manager call waiting for
+ * its reply) parks; robust mutex waits use plain FUTEX_WAIT. */
+static inline bool mtest_parked(const char *path)
+{
+    long nr = -1, addr = 0, op = -1;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    int got = fscanf(f, "%ld %lx %lx", &nr, &addr, &op);
+    fclose(f);
+    return got == 3 && nr == SYS_futex && (op & 127) == 9;
+}
+
+/* Wait (at most 30 s) until `path` / process `pid` parks so. */
+static inline void mtest_wait_parked(const char *path)
+{
+    mproc_deadline d = mproc_deadline_after(30.0);
+    while (!mtest_parked(path)) {
+        CHECK(!mproc_deadline_expired(d));
+        sched_yield();
+    }
+}
+
+static inline void mtest_wait_pid_parked(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    mtest_wait_parked(path);
 }
 
 static void (*mtest_warmup)(void);

@@ -199,34 +199,6 @@ static pid_t gettid_(void)
     return (pid_t)syscall(SYS_gettid);
 }
 
-/* true if the thread/process at `path` (/proc/.../syscall) sleeps in
- * FUTEX_WAIT_BITSET: where a manager call parks while it waits for its reply. */
-static bool parked(const char *path)
-{
-    long nr = -1, addr = 0, op = -1;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    int got = fscanf(f, "%ld %lx %lx", &nr, &addr, &op);
-    fclose(f);
-    return got == 3 && nr == SYS_futex && (op & 127) == 9;
-}
-
-static void wait_parked(const char *path)
-{
-    mproc_deadline d = mproc_deadline_after(30.0);
-    while (!parked(path)) {
-        CHECK(!mproc_deadline_expired(d));
-        sched_yield();
-    }
-}
-
-static void wait_pid_parked(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
-    wait_parked(path);
-}
 
 /* Whether a thread of process `pid` sleeps in a process-private
  * FUTEX_WAIT_BITSET: in the manager server that is a pthread_cond wait, i.e.
@@ -1815,7 +1787,7 @@ MTEST(test_manager_client_killed_in_queue_get)
     mproc_process *p = start_fork(t_block_in_get, NULL);
     mproc_value *ref = read_ref(g_pipe[0]);
     CHECK(!ref_gone(m, ref));
-    wait_pid_parked(mproc_process_pid(p)); /* waiting for the get's reply */
+    mtest_wait_pid_parked(mproc_process_pid(p)); /* waiting for the get's reply */
     wait_server_blocked(m);
     CHECK_OK(mproc_process_kill(p));
     mtest_join(p, -SIGKILL);
@@ -1847,7 +1819,7 @@ static mproc_value *kill_blocked_child(mproc_manager *m, int mode)
     mproc_process *p = start_fork(t_block_in_get, a);
     mproc_args_free(a);
     mproc_value *ref = read_ref(g_pipe[0]);
-    wait_pid_parked(mproc_process_pid(p));
+    mtest_wait_pid_parked(mproc_process_pid(p));
     wait_server_blocked(m);
     CHECK_OK(mproc_process_kill(p));
     mtest_join(p, -SIGKILL); /* dead and reaped: its sockets are closed */
@@ -2056,7 +2028,7 @@ MTEST(test_manager_server_killed_calls_fail_closed)
         sched_yield();
     char path[96];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)atomic_load(&b.tid));
-    wait_parked(path);
+    mtest_wait_parked(path);
     int spid = mproc_manager_pid(m);
     CHECK(spid > 0);
     double t0 = mproc_monotonic();
@@ -2163,7 +2135,7 @@ MTEST(test_manager_shutdown_wakes_a_blocked_call_with_eclosed)
         sched_yield();
     char path[96];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)atomic_load(&b.tid));
-    wait_parked(path);
+    mtest_wait_parked(path);
     double t0 = mproc_monotonic();
     CHECK_OK(mproc_manager_shutdown(m));
     struct timespec ts;
@@ -2825,7 +2797,7 @@ MTEST(test_manager_condition_notify_spent_on_a_dead_waiter_passes_on)
         /* The lock is free again only once it waits: it is on the waiter
          * list then, after the earlier one (notify takes the oldest). */
         CHECK_OK(mproc_mcondition_acquire(c, 20.0));
-        wait_pid_parked(mproc_process_pid(w[i])); /* blocked for the wait's reply */
+        mtest_wait_pid_parked(mproc_process_pid(w[i])); /* blocked for the wait's reply */
         if (i == 0)
             CHECK_OK(mproc_mcondition_release(c));
     }
@@ -3080,7 +3052,7 @@ MTEST(test_manager_lock_owner_is_the_handle_and_thread)
         sched_yield();
     char path[96];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)atomic_load(&g.tid));
-    wait_parked(path);
+    mtest_wait_parked(path);
     CHECK_OK(mproc_mlock_release(r1));
     CHECK_EQ(socket_inodes(after, 64), nbefore + 1); /* it went over a new connection */
     CHECK_ERR(mproc_mlock_release(r1), MPROC_EPERM, NULL);

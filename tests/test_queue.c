@@ -78,34 +78,6 @@ static void get_expect(mproc_queue *q, const char *want)
     free(p);
 }
 
-/* true if thread/process `path` (/proc/.../syscall) sleeps in FUTEX_WAIT_BITSET,
- * which is where a queue call parks (robust mutex waits use plain FUTEX_WAIT). */
-static bool parked(const char *path)
-{
-    long nr = -1, addr = 0, op = -1;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    int got = fscanf(f, "%ld %lx %lx", &nr, &addr, &op);
-    fclose(f);
-    return got == 3 && nr == SYS_futex && (op & 127) == 9;
-}
-
-static void wait_parked(const char *path)
-{
-    mproc_deadline d = mproc_deadline_after(30.0);
-    while (!parked(path)) {
-        CHECK(!mproc_deadline_expired(d));
-        sched_yield();
-    }
-}
-
-static void wait_pid_parked(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
-    wait_parked(path);
-}
 
 /* ------------------------------------------------------------- semantics */
 
@@ -407,7 +379,7 @@ MTEST(test_queue_shutdown_drains_then_closes)
         while (dir && (e = readdir(dir)))
             if (e->d_name[0] != '.' && atoi(e->d_name) != (int)syscall(SYS_gettid)) {
                 snprintf(path, sizeof path, "/proc/self/task/%s/syscall", e->d_name);
-                found = parked(path);
+                found = mtest_parked(path);
             }
         if (dir)
             closedir(dir);
@@ -450,7 +422,7 @@ MTEST(test_queue_shutdown_wakes_a_blocked_put)
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/syscall", (int)self);
         mproc_deadline d = mproc_deadline_after(30.0);
-        while (!parked(path) && !mproc_deadline_expired(d))
+        while (!mtest_parked(path) && !mproc_deadline_expired(d))
             sched_yield();
         mproc_queue_shutdown(q2);
         _exit(0);
@@ -874,7 +846,7 @@ static void producer_killed_mid_message(mproc_start_method m)
 {
     mproc_queue *q = new_queue(4096, 0);
     mproc_process *p = start_big_producer(m, q);
-    wait_pid_parked(mproc_process_pid(p)); /* ring full, message half sent */
+    mtest_wait_pid_parked(mproc_process_pid(p)); /* ring full, message half sent */
     CHECK_OK(mproc_process_kill(p));
     mtest_join(p, -SIGKILL);
     CHECK(mproc_queue_empty(q));
@@ -906,7 +878,7 @@ static void *killer_main(void *p)
     killer *k = p;
     char path[80];
     snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)k->tid);
-    wait_parked(path); /* the getter drained what there was and waits mid-message */
+    mtest_wait_parked(path); /* the getter drained what there was and waits mid-message */
     CHECK(kill(mproc_process_pid(k->victim), SIGKILL) == 0);
     mtest_join(k->victim, -SIGKILL);
     return NULL;
@@ -916,7 +888,7 @@ static void consumer_waiting_when_producer_dies(mproc_start_method m)
 {
     mproc_queue *q = new_queue(4096, 0);
     mproc_process *p = start_big_producer(m, q);
-    wait_pid_parked(mproc_process_pid(p));
+    mtest_wait_pid_parked(mproc_process_pid(p));
     CHECK(kill(mproc_process_pid(p), SIGSTOP) == 0); /* it stays mid-message */
     killer k = {p, q, (pid_t)syscall(SYS_gettid)};
     pthread_t t;
@@ -953,7 +925,7 @@ static void consumer_killed_while_waiting(mproc_start_method m)
     CHECK_OK(mproc_args_add_object(a, &mproc_queue_type, q));
     mproc_process *p = mtest_start(m, t_get_forever, a);
     mproc_args_free(a);
-    wait_pid_parked(mproc_process_pid(p));
+    mtest_wait_pid_parked(mproc_process_pid(p));
     CHECK_OK(mproc_process_kill(p));
     mtest_join(p, -SIGKILL);
     put_str(q, "x"); /* nothing was lost: the dead consumer had taken nothing */
