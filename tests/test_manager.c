@@ -202,8 +202,9 @@ static pid_t gettid_(void)
 
 /* Whether a thread of process `pid` sleeps in a process-private
  * FUTEX_WAIT_BITSET: in the manager server that is a pthread_cond wait, i.e.
- * a call blocked in the server (idle connection threads wait on the
- * shared-memory request queue's futex, which is not private). */
+ * a call blocked in the server (idle connection threads sleep in poll(),
+ * and the dispatcher on the shared request queue's futex, which is not
+ * private). */
 static bool has_private_futex_waiter(pid_t pid)
 {
     char dir[64];
