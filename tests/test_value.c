@@ -416,11 +416,12 @@ MTEST(test_msgpack_rejects_hostile_input)
     free(out.data);
     mproc_value_free(v);
 
-    /* huge declared lengths fail before any allocation */
-    CHECK_EQ(mp_fails("ddffffffff", NULL), MPROC_EPROTO);
-    CHECK_EQ(mp_fails("dfffffffff", NULL), MPROC_EPROTO);
-    CHECK_EQ(mp_fails("dbffffffff61", NULL), MPROC_EPROTO);
-    CHECK_EQ(mp_fails("c6ffffffff", NULL), MPROC_EPROTO);
+    /* huge declared lengths fail before any allocation, as over the limits
+     * (checked before truncation, so a stream reader never waits for them) */
+    CHECK_EQ(mp_fails("ddffffffff", NULL), MPROC_EMSGSIZE);
+    CHECK_EQ(mp_fails("dfffffffff", NULL), MPROC_EMSGSIZE);
+    CHECK_EQ(mp_fails("dbffffffff61", NULL), MPROC_EMSGSIZE);
+    CHECK_EQ(mp_fails("c6ffffffff", NULL), MPROC_EMSGSIZE);
     CHECK_EQ(mp_fails("dc0003c0c0", NULL), MPROC_EPROTO);
     /* invalid UTF-8, the never-used byte, array as a key (ext: see test_msgpack_ext_*) */
     CHECK_EQ(mp_fails("a2c328", NULL), MPROC_EPROTO);
@@ -563,7 +564,7 @@ MTEST(test_msgpack_ext_encodes_every_size_form_and_decodes_hand_written_bytes)
     CHECK_EQ(mp_fails("d4", NULL), MPROC_EPROTO);     /* no type code */
     CHECK_EQ(mp_fails("c70201", NULL), MPROC_EPROTO); /* ext8 of 2, none there */
     CHECK(strstr(mproc_errmsg(), "ext"));
-    CHECK_EQ(mp_fails("c9ffffffff01", NULL), MPROC_EPROTO); /* huge length */
+    CHECK_EQ(mp_fails("c9ffffffff01", NULL), MPROC_EMSGSIZE); /* huge length: over max_bytes */
     CHECK_EQ(mp_fails("c7", NULL), MPROC_EPROTO);
     mproc_decode_limits lim = {.max_bytes = 3};
     CHECK_EQ(mp_fails("92d50161" "62d5016364", &lim), MPROC_EMSGSIZE); /* 2 + 2 > 3 */
