@@ -13,5 +13,6 @@
 #include "mproc/pool.h"
 #include "mproc/futures.h"
 #include "mproc/manager.h"
+#include "mproc/rpc.h"
 
 #endif

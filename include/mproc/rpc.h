@@ -1,0 +1,170 @@
+/* mproc/rpc.h — remote procedure calls: a handler of named C functions, a
+ * server that runs it for many clients at once, and proxies that call it.
+ * The counterpart of seed 001's RPCHandler / rpc_server / RPCProxy.
+ *
+ * Wires (how a call looks on the network):
+ *   - MPROC_RPC_MSGPACK: msgpack-rpc (github.com/msgpack-rpc spec):
+ *     request [0, msgid, method, params], response [1, msgid, error, result],
+ *     notification [2, method, params]; clients in any language work.
+ *   - MPROC_RPC_PYTHON: seed 001's wire: each frame is a pickled bytes object
+ *     holding pickle((name, args, kwargs)), answered with pickle(bytes of
+ *     pickle(result or exception)), exactly what the seed's RPCProxy and
+ *     RPCHandler send, so they talk to C unmodified.
+ * Transports:
+ *   - MPROC_RPC_CONNECTION: Connections (mproc/connection.h: AF_UNIX or TCP
+ *     addresses, framing and the authkey handshake of Python's
+ *     Listener/Client). Both wires.
+ *   - MPROC_RPC_STREAM: msgpack-rpc's own transport, a plain stream of
+ *     MessagePack objects on the socket (no framing, no authkey), which is
+ *     what msgpack-rpc libraries of other languages speak. msgpack wire only.
+ *
+ * Server model: one thread per connection, as in the seed (simple, and a
+ * slow call only holds up its own client); max_connections bounds them. */
+#ifndef MPROC_RPC_H
+#define MPROC_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core.h"
+#include "value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#pragma GCC visibility push(default)
+
+typedef struct mproc_rpc_handler mproc_rpc_handler;
+typedef struct mproc_rpc_server mproc_rpc_server;
+typedef struct mproc_rpc_proxy mproc_rpc_proxy;
+
+/* ------------------------------------------------------------ handler */
+
+/* A registered function. args[0..nargs) are the positional arguments and
+ * `kwargs` a map of keyword arguments or NULL (all borrowed). Store a new
+ * value in *result (NULL = nil) and return 0, or fail: return
+ * mproc_rpc_error("ValueError", "bad %d", x) to send an exception of that
+ * Python type with that message, or any negative code (sent as an
+ * "Exception" naming the code). `ud` is the pointer given at registration.
+ * Functions run on the server's connection threads, several at once. */
+typedef int (*mproc_rpc_fn)(mproc_value *const *args, size_t nargs, const mproc_value *kwargs,
+                            mproc_value **result, void *ud);
+
+/* Inside an mproc_rpc_fn: set the exception sent back (`type`: a Python
+ * builtin exception name, NULL = "Exception"; message cut at 255 bytes)
+ * and return MPROC_EREMOTE. */
+int mproc_rpc_error(const char *type, const char *fmt, ...) MPROC_PRINTF(2, 3);
+
+/* A new empty handler. 0 or MPROC_ENOMEM. */
+int mproc_rpc_handler_new(mproc_rpc_handler **out);
+/* Register `fn` under `name` (copied; 1 to 255 bytes). Safe while servers
+ * run. 0, MPROC_EEXIST (name taken), MPROC_EINVAL, MPROC_ENOMEM. */
+int mproc_rpc_handler_register(mproc_rpc_handler *h, const char *name, mproc_rpc_fn fn, void *ud);
+/* Remove `name`; calls already running finish. 0 or MPROC_ENOENT. */
+int mproc_rpc_handler_unregister(mproc_rpc_handler *h, const char *name);
+/* The registered names, sorted: a new list of str you free. */
+int mproc_rpc_handler_names(const mproc_rpc_handler *h, mproc_value **out);
+/* Call `name` here, as a server would: 0 with *result (new, nil for NULL),
+ * MPROC_ENOENT (no such function), or the function's error (message in
+ * mproc_errmsg(), exception type in *exc_type if not NULL: static or
+ * thread-local, valid until the next call). */
+int mproc_rpc_handler_call(mproc_rpc_handler *h, const char *name, mproc_value *const *args,
+                           size_t nargs, const mproc_value *kwargs, mproc_value **result,
+                           const char **exc_type);
+/* Free. No server may be using it. NULL ok. */
+void mproc_rpc_handler_free(mproc_rpc_handler *h);
+
+/* ------------------------------------------------------------ server */
+
+typedef enum mproc_rpc_wire {
+    MPROC_RPC_MSGPACK = 0,
+    MPROC_RPC_PYTHON = 1,
+} mproc_rpc_wire;
+
+/* Default largest request or reply: 16 MiB. */
+#define MPROC_RPC_MAX_MESSAGE ((size_t)16 << 20)
+
+typedef enum mproc_rpc_transport {
+    MPROC_RPC_CONNECTION = 0,
+    MPROC_RPC_STREAM = 1,
+} mproc_rpc_transport;
+
+typedef struct mproc_rpc_server_opts {
+    mproc_rpc_wire wire;
+    mproc_rpc_transport transport;
+    /* Listener/Client handshake key; NULL = none (like authkey=None). */
+    const void *authkey;
+    size_t authkey_len;
+    size_t max_message;     /* 0 = MPROC_RPC_MAX_MESSAGE; larger requests close the connection */
+    size_t max_connections; /* served at once; 0 = 256; more are closed at accept */
+} mproc_rpc_server_opts;
+
+/* A server for `h` listening at `address` ("unix:@name", "unix:/path",
+ * "tcp:host:port", port 0 picks one). Not serving yet. `h` must outlive it.
+ * 0, the errors of mproc_listener_new, MPROC_EINVAL (bad options: the
+ * stream transport with the Python wire or an authkey), MPROC_ENOMEM. */
+int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
+                         const mproc_rpc_server_opts *opts);
+/* The bound address (the real port for tcp port 0). Owned by the server. */
+const char *mproc_rpc_server_address(const mproc_rpc_server *s);
+/* Serve in a background thread. 0, MPROC_ESTATE (serving), -errno. */
+int mproc_rpc_server_start(mproc_rpc_server *s);
+/* Stop: accept no more connections, let calls in progress finish (up to
+ * `timeout` seconds, then their connections are cut), close every
+ * connection and wait for the threads. Idempotent. 0 or MPROC_ETIMEDOUT
+ * (calls were cut). */
+int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout);
+/* Connections being served now. */
+size_t mproc_rpc_server_connections(const mproc_rpc_server *s);
+/* Stop (5 s) and free. NULL ok. */
+void mproc_rpc_server_free(mproc_rpc_server *s);
+
+/* ------------------------------------------------------------ proxies */
+
+typedef struct mproc_rpc_proxy_opts {
+    mproc_rpc_wire wire;
+    mproc_rpc_transport transport;
+    const void *authkey;
+    size_t authkey_len;
+    size_t max_message;     /* 0 = MPROC_RPC_MAX_MESSAGE */
+    double connect_timeout; /* 0 = 30 s */
+} mproc_rpc_proxy_opts;
+
+/* Connect to an RPC server. One proxy is one connection, used by one thread
+ * at a time. 0, the errors of mproc_client_connect (MPROC_EAUTH,
+ * MPROC_ECONNREFUSED, ...). */
+int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rpc_proxy_opts *opts);
+
+/* Call `method` with the positional arguments in the list `args` (NULL =
+ * none; borrowed), waiting at most `timeout` seconds for the answer.
+ * 0 with *result (new; nil when the function returns nothing; result may be
+ * NULL to drop it). Errors: MPROC_EREMOTE (the function raised: its message
+ * in mproc_errmsg(), its exception type in mproc_rpc_proxy_error_type()),
+ * MPROC_ETIMEDOUT (the proxy stays usable: a late answer is skipped by its
+ * msgid; on the Python wire, which has no ids, the connection is closed and
+ * later calls give MPROC_ECLOSED), MPROC_ECLOSED (server gone),
+ * MPROC_EMSGSIZE, MPROC_EPROTO (a malformed answer), MPROC_EINVAL (args not
+ * a list). Unknown functions come back as MPROC_EREMOTE with the server's
+ * message. */
+int mproc_rpc_call(mproc_rpc_proxy *p, const char *method, const mproc_value *args,
+                   mproc_value **result, double timeout);
+/* Same with keyword arguments (a map of str keys, or NULL): the Python wire
+ * passes them as **kwargs; msgpack-rpc has none (MPROC_EINVAL if given). */
+int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value *args,
+                      const mproc_value *kwargs, mproc_value **result, double timeout);
+/* msgpack-rpc notification: no answer. MPROC_EINVAL on the Python wire. */
+int mproc_rpc_notify(mproc_rpc_proxy *p, const char *method, const mproc_value *args);
+/* The exception type of the last MPROC_EREMOTE ("ValueError"), or "". */
+const char *mproc_rpc_proxy_error_type(const mproc_rpc_proxy *p);
+/* Close and free. NULL ok. */
+void mproc_rpc_close(mproc_rpc_proxy *p);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,998 @@
+/* rpc.c — RPC handler, threaded server and proxies over Connections, with
+ * the msgpack-rpc and Python (seed 001) wires.
+ *
+ * fork: a server's threads and a proxy's connection belong to the process
+ * that made them; nothing here is touched by fork handlers, and a fork
+ * child must not use its parent's servers or proxies (it can make its own).
+ * A handler's rwlock may be held by a parent thread at fork: a child that
+ * calls it then may deadlock, so children get handlers of their own. */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../codec/codec_int.h"
+#include "../connection/conn_int.h"
+#include "internal.h"
+#include "mproc/connection.h"
+#include "mproc/rpc.h"
+
+#define RPC_NAME_MAX 255
+#define RPC_SLICE_S 0.1
+#define RPC_DEFAULT_MAX_CONNECTIONS 256
+
+/* ------------------------------------------------------------ errors */
+
+static __thread bool tl_err_set;
+static __thread char tl_err_type[64];
+static __thread char tl_err_msg[256];
+
+int mproc_rpc_error(const char *type, const char *fmt, ...)
+{
+    snprintf(tl_err_type, sizeof tl_err_type, "%s", type && *type ? type : "Exception");
+    tl_err_msg[0] = 0;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(tl_err_msg, sizeof tl_err_msg, fmt, ap);
+        va_end(ap);
+    }
+    tl_err_set = true;
+    return MPROC_EREMOTE;
+}
+
+/* ------------------------------------------------------------ handler */
+
+typedef struct fn_ent {
+    char *name;
+    mproc_rpc_fn fn;
+    void *ud;
+} fn_ent;
+
+struct mproc_rpc_handler {
+    pthread_rwlock_t lk;
+    fn_ent *v; /* sorted by name */
+    size_t n, cap;
+};
+
+int mproc_rpc_handler_new(mproc_rpc_handler **out)
+{
+    if (!out)
+        return MPROC_EINVAL;
+    mproc_rpc_handler *h = calloc(1, sizeof *h);
+    if (!h)
+        return MPROC_ENOMEM;
+    pthread_rwlock_init(&h->lk, NULL);
+    *out = h;
+    return 0;
+}
+
+/* Index of `name`, or where it would go (*found false). Lock held. */
+static size_t find_fn(const mproc_rpc_handler *h, const char *name, bool *found)
+{
+    size_t lo = 0, hi = h->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(h->v[mid].name, name);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+int mproc_rpc_handler_register(mproc_rpc_handler *h, const char *name, mproc_rpc_fn fn, void *ud)
+{
+    if (!h || !name || !fn || !*name || strlen(name) > RPC_NAME_MAX)
+        return mproc__fail(MPROC_EINVAL, "rpc: a function needs a name of 1 to %d bytes",
+                           RPC_NAME_MAX);
+    char *copy = strdup(name);
+    if (!copy)
+        return MPROC_ENOMEM;
+    pthread_rwlock_wrlock(&h->lk);
+    bool found;
+    size_t i = find_fn(h, name, &found);
+    int rc = 0;
+    if (found) {
+        rc = mproc__fail(MPROC_EEXIST, "rpc: '%s' is registered already", name);
+    } else if (h->n == h->cap) {
+        size_t ncap = h->cap ? h->cap * 2 : 16;
+        fn_ent *nv = realloc(h->v, ncap * sizeof *nv);
+        if (!nv)
+            rc = MPROC_ENOMEM;
+        else
+            h->v = nv, h->cap = ncap;
+    }
+    if (!rc) {
+        memmove(h->v + i + 1, h->v + i, (h->n - i) * sizeof *h->v);
+        h->v[i] = (fn_ent){copy, fn, ud};
+        h->n++;
+        copy = NULL;
+    }
+    pthread_rwlock_unlock(&h->lk);
+    free(copy);
+    return rc;
+}
+
+int mproc_rpc_handler_unregister(mproc_rpc_handler *h, const char *name)
+{
+    if (!h || !name)
+        return MPROC_EINVAL;
+    pthread_rwlock_wrlock(&h->lk);
+    bool found;
+    size_t i = find_fn(h, name, &found);
+    if (found) {
+        free(h->v[i].name);
+        memmove(h->v + i, h->v + i + 1, (h->n - i - 1) * sizeof *h->v);
+        h->n--;
+    }
+    pthread_rwlock_unlock(&h->lk);
+    return found ? 0 : mproc__fail(MPROC_ENOENT, "rpc: no function '%s'", name);
+}
+
+int mproc_rpc_handler_names(const mproc_rpc_handler *h, mproc_value **out)
+{
+    if (!h || !out)
+        return MPROC_EINVAL;
+    mproc_value *l = mproc_value_list();
+    if (!l)
+        return MPROC_ENOMEM;
+    int rc = 0;
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&h->lk);
+    for (size_t i = 0; i < h->n && !rc; i++) {
+        mproc_value *s = mproc_value_str(h->v[i].name);
+        rc = s ? mproc_value_append(l, s) : MPROC_ENOMEM;
+    }
+    pthread_rwlock_unlock((pthread_rwlock_t *)&h->lk);
+    if (rc) {
+        mproc_value_free(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+int mproc_rpc_handler_call(mproc_rpc_handler *h, const char *name, mproc_value *const *args,
+                           size_t nargs, const mproc_value *kwargs, mproc_value **result,
+                           const char **exc_type)
+{
+    static __thread char type_out[64];
+    if (result)
+        *result = NULL;
+    if (exc_type)
+        *exc_type = "";
+    if (!h || !name || (nargs && !args) || !result)
+        return MPROC_EINVAL;
+    pthread_rwlock_rdlock(&h->lk);
+    bool found;
+    size_t i = find_fn(h, name, &found);
+    mproc_rpc_fn fn = found ? h->v[i].fn : NULL;
+    void *ud = found ? h->v[i].ud : NULL;
+    pthread_rwlock_unlock(&h->lk);
+    if (!fn) {
+        if (exc_type)
+            *exc_type = "AttributeError";
+        return mproc__fail(MPROC_ENOENT, "no function '%.200s'", name);
+    }
+    tl_err_set = false;
+    mproc_value *r = NULL;
+    int rc = fn(args, nargs, kwargs, &r, ud);
+    if (rc) {
+        mproc_value_free(r);
+        if (rc > 0)
+            rc = MPROC_EREMOTE;
+        snprintf(type_out, sizeof type_out, "%s", tl_err_set ? tl_err_type : "Exception");
+        if (exc_type)
+            *exc_type = type_out;
+        if (tl_err_set)
+            mproc__fail(rc, "%s", tl_err_msg);
+        else
+            mproc__fail(rc, "%s failed: %s", name, mproc_strerror(rc));
+        tl_err_set = false;
+        return rc;
+    }
+    *result = r ? r : mproc_value_nil();
+    return *result ? 0 : MPROC_ENOMEM;
+}
+
+void mproc_rpc_handler_free(mproc_rpc_handler *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n; i++)
+        free(h->v[i].name);
+    free(h->v);
+    pthread_rwlock_destroy(&h->lk);
+    free(h);
+}
+
+/* ------------------------------------------------------------ wires */
+
+/* A decoded request. */
+typedef struct rpc_req {
+    int kind;          /* 0 request, 2 notification */
+    uint64_t msgid;
+    char *method;
+    mproc_value *args; /* list */
+    mproc_value *kwargs; /* map or NULL */
+    mproc_value *root;
+} rpc_req;
+
+static void req_free(rpc_req *r)
+{
+    mproc_value_free(r->root);
+    memset(r, 0, sizeof *r);
+}
+
+/* Python wire: a frame is pickle(bytes(pickle(x))). */
+static int py_unwrap(const void *data, size_t len, mproc_value **out)
+{
+    mproc_value *outer = NULL;
+    int rc = mproc_pickle_decode(data, len, NULL, &outer);
+    if (rc)
+        return rc;
+    size_t n;
+    const void *inner = mproc_value_as_bytes(outer, &n);
+    if (mproc_value_type(outer) != MPROC_V_BYTES) {
+        /* a client that sends the tuple itself (conn.send((name, args, kwargs))) */
+        *out = outer;
+        return 0;
+    }
+    rc = mproc_pickle_decode(inner, n, NULL, out);
+    mproc_value_free(outer);
+    return rc;
+}
+
+static int py_wrap(const mproc_value *v, mproc_buf *out)
+{
+    mproc_buf inner = {0};
+    int rc = mproc_pickle_encode(v, 4, &inner);
+    if (!rc) {
+        mproc_value *b = mproc_value_bytes(inner.data, inner.len);
+        rc = b ? mproc_pickle_encode(b, 4, out) : MPROC_ENOMEM;
+        mproc_value_free(b);
+    }
+    mproc__buf_free(&inner);
+    return rc;
+}
+
+/* Decode one request frame. MPROC_EPROTO (message in errmsg) when it is not
+ * a request; r->kind/msgid are set when they could be read, so an error
+ * answer can still go back. */
+static int decode_req(mproc_rpc_wire wire, const void *data, size_t len, rpc_req *r)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = -1;
+    int rc = wire == MPROC_RPC_PYTHON ? py_unwrap(data, len, &r->root)
+                                      : mproc_msgpack_decode(data, len, NULL, &r->root);
+    if (rc)
+        return mproc__fail(MPROC_EPROTO, "malformed request: %s", mproc_errmsg());
+    mproc_value *v = r->root;
+    if (wire == MPROC_RPC_PYTHON) {
+        r->kind = 0;
+        mproc_value *m = mproc_value_at(v, 0), *a = mproc_value_at(v, 1),
+                    *k = mproc_value_at(v, 2);
+        if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_len(v) != 3 ||
+            mproc_value_type(m) != MPROC_V_STR || mproc_value_type(a) != MPROC_V_LIST ||
+            (mproc_value_type(k) != MPROC_V_MAP && mproc_value_type(k) != MPROC_V_NIL))
+            return mproc__fail(MPROC_EPROTO, "malformed request: want (name, args, kwargs)");
+        r->method = (char *)mproc_value_as_str(m, NULL);
+        r->args = a;
+        r->kwargs = mproc_value_type(k) == MPROC_V_MAP && mproc_value_len(k) ? k : NULL;
+        return 0;
+    }
+    mproc_value *t = mproc_value_at(v, 0);
+    if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_type(t) != MPROC_V_INT)
+        return mproc__fail(MPROC_EPROTO, "malformed request: not a msgpack-rpc message");
+    int64_t kind = mproc_value_as_int(t);
+    size_t base;
+    if (kind == 0 && mproc_value_len(v) == 4) {
+        mproc_value *id = mproc_value_at(v, 1);
+        if (mproc_value_type(id) != MPROC_V_INT || mproc_value_as_int(id) < 0 ||
+            mproc_value_as_int(id) > UINT32_MAX)
+            return mproc__fail(MPROC_EPROTO, "malformed request: bad msgid");
+        r->kind = 0;
+        r->msgid = (uint64_t)mproc_value_as_int(id);
+        base = 2;
+    } else if (kind == 2 && mproc_value_len(v) == 3) {
+        r->kind = 2;
+        base = 1;
+    } else {
+        return mproc__fail(MPROC_EPROTO, "malformed request: want [0, msgid, method, params] "
+                                         "or [2, method, params]");
+    }
+    mproc_value *m = mproc_value_at(v, base), *a = mproc_value_at(v, base + 1);
+    if (mproc_value_type(m) != MPROC_V_STR || mproc_value_type(a) != MPROC_V_LIST)
+        return mproc__fail(MPROC_EPROTO, "malformed request: method must be a str, params an array");
+    r->method = (char *)mproc_value_as_str(m, NULL);
+    r->args = a;
+    return 0;
+}
+
+/* Encode an answer: result (rc == 0) or the exception (type, msg). */
+static int encode_answer(mproc_rpc_wire wire, uint64_t msgid, int rc, const mproc_value *result,
+                         const char *type, const char *msg, mproc_buf *out)
+{
+    out->len = 0;
+    if (wire == MPROC_RPC_PYTHON) {
+        mproc_value *e = rc ? mproc_value_error(type, msg) : NULL;
+        if (rc && !e)
+            return MPROC_ENOMEM;
+        int r = py_wrap(rc ? e : result, out);
+        mproc_value_free(e);
+        return r;
+    }
+    mproc_value *resp = mproc_value_list();
+    mproc_value *err = NULL;
+    if (!resp)
+        return MPROC_ENOMEM;
+    if (rc) {
+        err = mproc_value_list();
+        if (err) {
+            mproc_value_append(err, mproc_value_str(type));
+            mproc_value_append(err, mproc_value_str(msg));
+        }
+    }
+    int r = 0;
+    if (mproc_value_append(resp, mproc_value_int(1)) ||
+        mproc_value_append(resp, mproc_value_int((int64_t)msgid)) ||
+        mproc_value_append(resp, err ? err : mproc_value_nil()) ||
+        mproc_value_append(resp, rc || !result ? mproc_value_nil() : mproc_value_copy(result)))
+        r = MPROC_ENOMEM;
+    if (!r)
+        r = mproc_msgpack_encode(resp, out);
+    mproc_value_free(resp);
+    return r;
+}
+
+/* ------------------------------------------------------------ streams */
+
+static int check_transport(mproc_rpc_wire wire, mproc_rpc_transport t, const void *key,
+                           size_t klen)
+{
+    if (klen && !key)
+        return mproc__fail(MPROC_EINVAL, "rpc: authkey_len without authkey");
+    if (t != MPROC_RPC_CONNECTION && t != MPROC_RPC_STREAM)
+        return mproc__fail(MPROC_EINVAL, "rpc: unknown transport %d", (int)t);
+    if (t == MPROC_RPC_STREAM && wire != MPROC_RPC_MSGPACK)
+        return mproc__fail(MPROC_EINVAL, "rpc: the stream transport carries msgpack-rpc only");
+    if (t == MPROC_RPC_STREAM && key)
+        return mproc__fail(MPROC_EINVAL, "rpc: the stream transport has no authkey handshake");
+    return 0;
+}
+
+/* A msgpack-rpc byte stream: bytes read so far, and where the next object starts. */
+typedef struct rpc_stream {
+    uint8_t *buf;
+    size_t len, cap, off;
+} rpc_stream;
+
+/* The next object of the stream as bytes (*p, *n point into the buffer,
+ * valid until the next call), reading more as needed until `d`.
+ * 0, MPROC_ETIMEDOUT, MPROC_ECLOSED (EOF), MPROC_EMSGSIZE (an object over
+ * `max` bytes), MPROC_EPROTO (not MessagePack), -errno. */
+static int stream_next(rpc_stream *st, int fd, size_t max, mproc_deadline d, const uint8_t **p,
+                       size_t *n)
+{
+    for (;;) {
+        if (st->len > st->off) {
+            mproc_value *v = NULL;
+            size_t used;
+            mproc_decode_limits lim = {.max_bytes = max};
+            int rc = mproc__msgpack_decode_prefix(st->buf + st->off, st->len - st->off, &lim, &v,
+                                                  &used);
+            mproc_value_free(v);
+            if (rc == 0) {
+                *p = st->buf + st->off;
+                *n = used;
+                st->off += used;
+                return 0;
+            }
+            if (rc != MPROC_EAGAIN)
+                return rc;
+            if (st->len - st->off >= max)
+                return mproc__fail(MPROC_EMSGSIZE, "rpc: a message over %zu bytes", max);
+        }
+        if (st->off) { /* keep only the unread part */
+            memmove(st->buf, st->buf + st->off, st->len - st->off);
+            st->len -= st->off;
+            st->off = 0;
+        }
+        if (st->cap - st->len < 65536) {
+            size_t ncap = st->cap ? st->cap * 2 : 131072;
+            uint8_t *nb = realloc(st->buf, ncap);
+            if (!nb)
+                return MPROC_ENOMEM;
+            st->buf = nb;
+            st->cap = ncap;
+        }
+        int rc = mproc_wait_fd(fd, POLLIN, mproc_deadline_remaining(d));
+        if (rc)
+            return rc;
+        ssize_t got = read(fd, st->buf + st->len, st->cap - st->len);
+        if (got == 0)
+            return MPROC_ECLOSED;
+        if (got < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return errno == ECONNRESET ? MPROC_ECLOSED : mproc__errno();
+        }
+        st->len += (size_t)got;
+    }
+}
+
+/* ------------------------------------------------------------ server */
+
+typedef struct srv_conn {
+    struct mproc_rpc_server *s;
+    mproc_connection *c;
+    int fd;
+    rpc_stream st;
+    struct srv_conn *prev, *next;
+} srv_conn;
+
+struct mproc_rpc_server {
+    mproc_rpc_handler *h;
+    mproc_listener *l;
+    mproc_rpc_server_opts o;
+    void *key;
+    pthread_t accept_thr;
+    bool started;
+    atomic_bool stopping;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a connection thread left */
+    srv_conn *conns;
+    size_t nconns;
+};
+
+int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
+                         const mproc_rpc_server_opts *opts)
+{
+    if (!out || !h || !address)
+        return MPROC_EINVAL;
+    *out = NULL;
+    if (opts && opts->wire != MPROC_RPC_MSGPACK && opts->wire != MPROC_RPC_PYTHON)
+        return mproc__fail(MPROC_EINVAL, "rpc: unknown wire %d", (int)opts->wire);
+    int orc = check_transport(opts ? opts->wire : MPROC_RPC_MSGPACK,
+                              opts ? opts->transport : MPROC_RPC_CONNECTION,
+                              opts ? opts->authkey : NULL, opts ? opts->authkey_len : 0);
+    if (orc)
+        return orc;
+    mproc_rpc_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return MPROC_ENOMEM;
+    s->h = h;
+    if (opts)
+        s->o = *opts;
+    if (!s->o.max_message)
+        s->o.max_message = MPROC_RPC_MAX_MESSAGE;
+    if (!s->o.max_connections)
+        s->o.max_connections = RPC_DEFAULT_MAX_CONNECTIONS;
+    if (s->o.authkey) {
+        s->key = malloc(s->o.authkey_len + 1);
+        if (!s->key) {
+            free(s);
+            return MPROC_ENOMEM;
+        }
+        memcpy(s->key, s->o.authkey, s->o.authkey_len);
+        s->o.authkey = s->key;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    /* The handshake runs on the connection's thread, so a stalled client
+     * never holds up accept. */
+    mproc_listener_opts lo = {.backlog = 64, .conn = {.max_message = s->o.max_message}};
+    int rc = mproc_listener_new(&s->l, address, &lo);
+    if (rc) {
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+        free(s->key);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+const char *mproc_rpc_server_address(const mproc_rpc_server *s)
+{
+    return s ? mproc_listener_address(s->l) : "";
+}
+
+size_t mproc_rpc_server_connections(const mproc_rpc_server *s)
+{
+    if (!s)
+        return 0;
+    pthread_mutex_lock((pthread_mutex_t *)&s->mu);
+    size_t n = s->nconns;
+    pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
+    return n;
+}
+
+static int send_answer(mproc_rpc_server *s, srv_conn *sc, const mproc_buf *out)
+{
+    if (s->o.transport == MPROC_RPC_STREAM)
+        return mproc_write_all(sc->fd, out->data, out->len);
+    return mproc_connection_send_bytes(sc->c, out->data, out->len);
+}
+
+/* Serve one request frame; 0 to go on, else close the connection. */
+static int serve_frame(mproc_rpc_server *s, srv_conn *sc, const void *data, size_t len,
+                       mproc_buf *out)
+{
+    rpc_req r;
+    int rc = decode_req(s->o.wire, data, len, &r);
+    if (rc) {
+        /* Answer what can be answered (the Python wire always; msgpack-rpc
+         * when the msgid was read), then drop a client that speaks garbage. */
+        if (s->o.wire == MPROC_RPC_PYTHON || r.kind == 0) {
+            if (!encode_answer(s->o.wire, r.msgid, rc, NULL, "TypeError", mproc_errmsg(), out))
+                send_answer(s, sc, out);
+        }
+        req_free(&r);
+        return s->o.wire == MPROC_RPC_PYTHON ? 0 : rc;
+    }
+    mproc_value *res = NULL;
+    const char *type = "";
+    size_t nargs = mproc_value_len(r.args);
+    mproc_value **argv = nargs ? malloc(nargs * sizeof *argv) : NULL;
+    if (nargs && !argv) {
+        req_free(&r);
+        return MPROC_ENOMEM;
+    }
+    for (size_t i = 0; i < nargs; i++)
+        argv[i] = mproc_value_at(r.args, i);
+    rc = mproc_rpc_handler_call(s->h, r.method, argv, nargs, r.kwargs, &res, &type);
+    free(argv);
+    int e = 0;
+    if (r.kind == 0) {
+        const char *msg = rc ? mproc_errmsg() : "";
+        e = encode_answer(s->o.wire, r.msgid, rc, res, type, msg, out);
+        if (e == 0 && out->len > s->o.max_message) {
+            char m[128];
+            snprintf(m, sizeof m, "the result (%zu bytes) exceeds max_message (%zu)", out->len,
+                     s->o.max_message);
+            e = encode_answer(s->o.wire, r.msgid, MPROC_EMSGSIZE, NULL, "ValueError", m, out);
+        } else if (e) {
+            char m[128];
+            snprintf(m, sizeof m, "the result cannot be encoded: %s", mproc_strerror(e));
+            e = encode_answer(s->o.wire, r.msgid, e, NULL, "TypeError", m, out);
+        }
+        if (!e)
+            e = send_answer(s, sc, out);
+    }
+    mproc_value_free(res);
+    req_free(&r);
+    return e;
+}
+
+static void *conn_main(void *arg)
+{
+    srv_conn *sc = arg;
+    mproc_rpc_server *s = sc->s;
+    mproc_buf out = {0};
+    int rc = 0;
+    if (s->o.authkey) {
+        mproc_deadline hd = mproc_deadline_after(10.0);
+        rc = mproc__auth_deliver(sc->c, s->o.authkey, s->o.authkey_len, "sha256", hd);
+        if (!rc)
+            rc = mproc__auth_answer(sc->c, s->o.authkey, s->o.authkey_len, hd);
+    }
+    while (!rc && !atomic_load(&s->stopping)) {
+        if (s->o.transport == MPROC_RPC_STREAM) {
+            const uint8_t *p;
+            size_t len;
+            rc = stream_next(&sc->st, sc->fd, s->o.max_message, mproc_deadline_after(RPC_SLICE_S),
+                             &p, &len);
+            if (rc == MPROC_ETIMEDOUT) {
+                rc = 0;
+                continue;
+            }
+            if (!rc)
+                rc = serve_frame(s, sc, p, len, &out);
+            continue;
+        }
+        void *buf;
+        size_t len;
+        rc = mproc_connection_recv_bytes(sc->c, &buf, &len, RPC_SLICE_S);
+        if (rc == MPROC_ETIMEDOUT) {
+            rc = 0;
+            continue;
+        }
+        if (rc)
+            break;
+        rc = serve_frame(s, sc, buf, len, &out);
+        free(buf);
+    }
+    mproc__buf_free(&out);
+    free(sc->st.buf);
+    pthread_mutex_lock(&s->mu);
+    if (sc->prev)
+        sc->prev->next = sc->next;
+    else
+        s->conns = sc->next;
+    if (sc->next)
+        sc->next->prev = sc->prev;
+    s->nconns--;
+    mproc_connection_close(sc->c);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    free(sc);
+    return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+    mproc_rpc_server *s = arg;
+    while (!atomic_load(&s->stopping)) {
+        struct pollfd p = {mproc_listener_fileno(s->l), POLLIN, 0};
+        int n = poll(&p, 1, (int)(RPC_SLICE_S * 1000));
+        if (n <= 0 || atomic_load(&s->stopping))
+            continue;
+        mproc_connection *c;
+        int rc = mproc_listener_accept(s->l, &c, 0);
+        if (rc) {
+            if (rc == MPROC_EMFILE || rc == -ENFILE || rc == MPROC_ENOMEM) {
+                struct timespec pause = {0, 10 * 1000 * 1000}; /* out of fds: do not spin */
+                nanosleep(&pause, NULL);
+            }
+            continue;
+        }
+        pthread_mutex_lock(&s->mu);
+        srv_conn *sc = s->nconns < s->o.max_connections ? calloc(1, sizeof *sc) : NULL;
+        if (sc) {
+            sc->s = s;
+            sc->c = c;
+            sc->fd = mproc_connection_fileno(c);
+            sc->next = s->conns;
+            if (s->conns)
+                s->conns->prev = sc;
+            s->conns = sc;
+            s->nconns++;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (!sc) { /* over max_connections (or out of memory) */
+            mproc_connection_close(c);
+            continue;
+        }
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &at, conn_main, sc) != 0) {
+            pthread_mutex_lock(&s->mu);
+            if (sc->prev)
+                sc->prev->next = sc->next;
+            else
+                s->conns = sc->next;
+            if (sc->next)
+                sc->next->prev = sc->prev;
+            s->nconns--;
+            pthread_mutex_unlock(&s->mu);
+            mproc_connection_close(c);
+            free(sc);
+        }
+        pthread_attr_destroy(&at);
+    }
+    return NULL;
+}
+
+int mproc_rpc_server_start(mproc_rpc_server *s)
+{
+    if (!s)
+        return MPROC_EINVAL;
+    if (s->started || atomic_load(&s->stopping))
+        return mproc__fail(MPROC_ESTATE, "rpc: the server was started already");
+    int rc = pthread_create(&s->accept_thr, NULL, accept_main, s);
+    if (rc)
+        return -rc;
+    s->started = true;
+    return 0;
+}
+
+int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout)
+{
+    if (!s)
+        return MPROC_EINVAL;
+    bool was = atomic_exchange(&s->stopping, true);
+    if (s->started && !was)
+        pthread_join(s->accept_thr, NULL);
+    /* Connection threads finish the call they are in, then see the flag
+     * within a slice. Past the timeout, cut their sockets. */
+    mproc_deadline d = mproc_deadline_after(timeout);
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    while (s->nconns) {
+        if (mproc_deadline_expired(d)) {
+            for (srv_conn *sc = s->conns; sc; sc = sc->next)
+                shutdown(sc->fd, SHUT_RDWR);
+            rc = MPROC_ETIMEDOUT;
+            d = mproc_deadline_after(MPROC_FOREVER);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc ? mproc__fail(rc, "rpc: calls still running after the timeout were cut") : 0;
+}
+
+void mproc_rpc_server_free(mproc_rpc_server *s)
+{
+    if (!s)
+        return;
+    mproc_rpc_server_stop(s, 5.0);
+    mproc_listener_close(s->l);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->key);
+    free(s);
+}
+
+/* ------------------------------------------------------------ proxies */
+
+struct mproc_rpc_proxy {
+    mproc_connection *c;
+    int fd;
+    mproc_rpc_wire wire;
+    mproc_rpc_transport transport;
+    rpc_stream st;
+    uint32_t next_id;
+    bool broken;
+    size_t max_message;
+    mproc_buf out;
+    char exc_type[64];
+};
+
+int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rpc_proxy_opts *opts)
+{
+    if (!out || !address)
+        return MPROC_EINVAL;
+    *out = NULL;
+    if (opts && opts->wire != MPROC_RPC_MSGPACK && opts->wire != MPROC_RPC_PYTHON)
+        return mproc__fail(MPROC_EINVAL, "rpc: unknown wire %d", (int)opts->wire);
+    int orc = check_transport(opts ? opts->wire : MPROC_RPC_MSGPACK,
+                              opts ? opts->transport : MPROC_RPC_CONNECTION,
+                              opts ? opts->authkey : NULL, opts ? opts->authkey_len : 0);
+    if (orc)
+        return orc;
+    mproc_rpc_proxy *p = calloc(1, sizeof *p);
+    if (!p)
+        return MPROC_ENOMEM;
+    p->wire = opts ? opts->wire : MPROC_RPC_MSGPACK;
+    p->transport = opts ? opts->transport : MPROC_RPC_CONNECTION;
+    p->max_message = opts && opts->max_message ? opts->max_message : MPROC_RPC_MAX_MESSAGE;
+    mproc_client_opts co = {
+        .auth = {.authkey = opts ? opts->authkey : NULL, .authkey_len = opts ? opts->authkey_len : 0},
+        .connect_timeout = opts ? opts->connect_timeout : 0,
+        .conn = {.max_message = p->max_message},
+    };
+    int rc = mproc_client_connect(&p->c, address, &co);
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    p->fd = mproc_connection_fileno(p->c);
+    *out = p;
+    return 0;
+}
+
+static int proxy_send(mproc_rpc_proxy *p)
+{
+    if (p->transport == MPROC_RPC_STREAM)
+        return mproc_write_all(p->fd, p->out.data, p->out.len);
+    return mproc_connection_send_bytes(p->c, p->out.data, p->out.len);
+}
+
+/* The next answer: *buf malloc'd (free it). */
+static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *len)
+{
+    if (p->transport != MPROC_RPC_STREAM)
+        return mproc_connection_recv_bytes(p->c, buf, len, mproc_deadline_remaining(d));
+    const uint8_t *q;
+    size_t n;
+    int rc = stream_next(&p->st, p->fd, p->max_message, d, &q, &n);
+    if (rc)
+        return rc;
+    *buf = malloc(n ? n : 1);
+    if (!*buf)
+        return MPROC_ENOMEM;
+    memcpy(*buf, q, n);
+    *len = n;
+    return 0;
+}
+
+const char *mproc_rpc_proxy_error_type(const mproc_rpc_proxy *p)
+{
+    return p ? p->exc_type : "";
+}
+
+static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char *method,
+                       const mproc_value *args, const mproc_value *kwargs)
+{
+    mproc_value *m = mproc_value_list();
+    if (!m)
+        return MPROC_ENOMEM;
+    mproc_value *a = args ? mproc_value_copy(args) : mproc_value_list();
+    int rc = 0;
+    if (p->wire == MPROC_RPC_PYTHON) {
+        mproc_value *k = kwargs ? mproc_value_copy(kwargs) : mproc_value_map();
+        if (mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a) ||
+            mproc_value_append(m, k))
+            rc = MPROC_ENOMEM;
+        /* a tuple on the Python side: our LIST pickles as a list, which
+         * unpacks the same in `name, args, kwargs = ...` */
+        if (!rc)
+            rc = py_wrap(m, &p->out);
+    } else {
+        if (mproc_value_append(m, mproc_value_int(kind)) ||
+            (kind == 0 && mproc_value_append(m, mproc_value_int(msgid))) ||
+            mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a))
+            rc = MPROC_ENOMEM;
+        if (!rc)
+            rc = mproc_msgpack_encode(m, &p->out);
+    }
+    mproc_value_free(m);
+    return rc;
+}
+
+static int check_call(mproc_rpc_proxy *p, const char *method, const mproc_value *args)
+{
+    if (!p || !method)
+        return MPROC_EINVAL;
+    if (args && mproc_value_type(args) != MPROC_V_LIST)
+        return mproc__fail(MPROC_EINVAL, "rpc: args must be a list");
+    if (p->broken)
+        return mproc__fail(MPROC_ECLOSED, "rpc: the connection was closed after a timeout or an error");
+    return 0;
+}
+
+/* An error answer into (code, type, message). */
+static int remote_error(mproc_rpc_proxy *p, const mproc_value *err)
+{
+    const char *type = "Exception", *msg = NULL;
+    if (mproc_value_type(err) == MPROC_V_ERROR) {
+        type = mproc_value_error_type(err);
+        msg = mproc_value_error_message(err);
+    } else if (mproc_value_type(err) == MPROC_V_LIST && mproc_value_len(err) == 2) {
+        type = mproc_value_as_str(mproc_value_at(err, 0), NULL);
+        msg = mproc_value_as_str(mproc_value_at(err, 1), NULL);
+    } else if (mproc_value_type(err) == MPROC_V_STR) {
+        msg = mproc_value_as_str(err, NULL);
+    }
+    snprintf(p->exc_type, sizeof p->exc_type, "%s", type ? type : "Exception");
+    char *r = msg ? NULL : mproc_value_repr(err);
+    int rc = mproc__fail(MPROC_EREMOTE, "%s: %s", p->exc_type, msg ? msg : r ? r : "?");
+    free(r);
+    return rc;
+}
+
+int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value *args,
+                      const mproc_value *kwargs, mproc_value **result, double timeout)
+{
+    if (result)
+        *result = NULL;
+    int rc = check_call(p, method, args);
+    if (rc)
+        return rc;
+    p->exc_type[0] = 0;
+    if (kwargs && p->wire != MPROC_RPC_PYTHON)
+        return mproc__fail(MPROC_EINVAL, "rpc: msgpack-rpc has no keyword arguments");
+    if (kwargs && mproc_value_type(kwargs) != MPROC_V_MAP)
+        return mproc__fail(MPROC_EINVAL, "rpc: kwargs must be a map");
+    uint32_t id = p->next_id++;
+    p->out.len = 0;
+    if ((rc = encode_call(p, 0, id, method, args, kwargs)) != 0)
+        return rc;
+    if (p->out.len > p->max_message)
+        return mproc__fail(MPROC_EMSGSIZE, "rpc: the request (%zu bytes) exceeds max_message (%zu)",
+                           p->out.len, p->max_message);
+    mproc_deadline d = mproc_deadline_after(timeout);
+    if ((rc = proxy_send(p)) != 0) {
+        p->broken = true;
+        return rc == MPROC_EPIPE || rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
+    }
+    for (;;) {
+        void *buf;
+        size_t len;
+        rc = proxy_recv(p, d, &buf, &len);
+        if (rc) {
+            /* msgpack-rpc skips a late answer by its msgid; the Python wire
+             * cannot tell answers apart, so the connection is done. */
+            if (rc != MPROC_ETIMEDOUT || p->wire == MPROC_RPC_PYTHON)
+                p->broken = true;
+            if (rc == MPROC_ETIMEDOUT)
+                return mproc__fail(rc, "rpc: no answer to '%.200s' within the timeout", method);
+            return rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
+        }
+        mproc_value *v = NULL;
+        rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(buf, len, &v)
+                                         : mproc_msgpack_decode(buf, len, NULL, &v);
+        free(buf);
+        if (rc) {
+            p->broken = true;
+            return mproc__fail(MPROC_EPROTO, "rpc: malformed answer: %s", mproc_errmsg());
+        }
+        if (p->wire == MPROC_RPC_PYTHON) {
+            if (mproc_value_type(v) == MPROC_V_ERROR) {
+                rc = remote_error(p, v);
+                mproc_value_free(v);
+                return rc;
+            }
+            if (result)
+                *result = v;
+            else
+                mproc_value_free(v);
+            return 0;
+        }
+        mproc_value *t = mproc_value_at(v, 0), *vid = mproc_value_at(v, 1);
+        if (mproc_value_type(v) != MPROC_V_LIST || mproc_value_len(v) != 4 ||
+            mproc_value_type(t) != MPROC_V_INT || mproc_value_as_int(t) != 1 ||
+            mproc_value_type(vid) != MPROC_V_INT) {
+            mproc_value_free(v);
+            p->broken = true;
+            return mproc__fail(MPROC_EPROTO, "rpc: malformed answer: want [1, msgid, error, result]");
+        }
+        if ((uint64_t)mproc_value_as_int(vid) != id) { /* a late answer to a timed-out call */
+            mproc_value_free(v);
+            continue;
+        }
+        mproc_value *err = mproc_value_at(v, 2);
+        if (mproc_value_type(err) != MPROC_V_NIL) {
+            rc = remote_error(p, err);
+            mproc_value_free(v);
+            return rc;
+        }
+        if (result)
+            *result = mproc_value_take_at(v, 3);
+        mproc_value_free(v);
+        return 0;
+    }
+}
+
+int mproc_rpc_call(mproc_rpc_proxy *p, const char *method, const mproc_value *args,
+                   mproc_value **result, double timeout)
+{
+    return mproc_rpc_call_kw(p, method, args, NULL, result, timeout);
+}
+
+int mproc_rpc_notify(mproc_rpc_proxy *p, const char *method, const mproc_value *args)
+{
+    int rc = check_call(p, method, args);
+    if (rc)
+        return rc;
+    if (p->wire != MPROC_RPC_MSGPACK)
+        return mproc__fail(MPROC_EINVAL, "rpc: notifications are msgpack-rpc only");
+    p->out.len = 0;
+    if ((rc = encode_call(p, 2, 0, method, args, NULL)) != 0)
+        return rc;
+    rc = proxy_send(p);
+    if (rc)
+        p->broken = true;
+    return rc;
+}
+
+void mproc_rpc_close(mproc_rpc_proxy *p)
+{
+    if (!p)
+        return;
+    mproc_connection_close(p->c);
+    mproc__buf_free(&p->out);
+    free(p->st.buf);
+    free(p);
+}
