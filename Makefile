@@ -6,7 +6,7 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
 # Debian packages the build, tests, demo and benchmarks need.
-DEB_DEPS = cmake make gcc g++ pkg-config python3 libc6-dev libmsgpack-dev libssl-dev clang
+DEB_DEPS = cmake make gcc g++ pkg-config python3 python3-msgpack libc6-dev libmsgpack-dev libssl-dev clang
 # Only `make bench` needs these (the ZeroMQ anchor of bench_queue); CI stays lean.
 BENCH_DEB_DEPS = libzmq3-dev
 
