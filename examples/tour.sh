@@ -19,4 +19,5 @@ run pool_seed "seed 001: Pool(8) runs mul/plus tasks through apply_async, imap, 
 run pool_progress "a progress bar from on_progress while map_array tests 200,000 numbers for primality; a task SIGKILLs its own worker: only that item fails (MPROC_EWORKER)"
 run manager_namespace "seed 000: a Manager Namespace; ns.x.append(1) in a child changes a copy and is lost; assigning back, or a managed list inside the Namespace, keeps it"
 run manager_dict_list "seed 001: Manager dict and list filled by a child (d[1] = '1', d['2'] = 2, d[0.25] = None, l.reverse()); then 4 workers at once, d['done'] += 1 without a lost update"
+run rpc_seed "seed 001: RPCHandler with add and sub on the Python wire (authkey b'peekaboo'), called from a C proxy and from the seed's own Python RPCProxy; then a timeout, a wrong authkey the server survives, and a graceful stop"
 printf '\nTour done. More: docs/ and README.md.\n'
