@@ -17,9 +17,14 @@
  *   - MPROC_RPC_STREAM: msgpack-rpc's own transport, a plain stream of
  *     MessagePack objects on the socket (no framing, no authkey), which is
  *     what msgpack-rpc libraries of other languages speak. msgpack wire only.
+ *   - MPROC_RPC_ZMQ: ZeroMQ (optional: only when built with libzmq, see
+ *     mproc_rpc_have_zmq(); otherwise MPROC_ENOSYS). Both wires, one request
+ *     or answer per ZeroMQ message. Details at mproc_rpc_transport.
  *
  * Server model: one thread per connection, as in the seed (simple, and a
- * slow call only holds up its own client); max_connections bounds them. */
+ * slow call only holds up its own client); max_connections bounds them.
+ * ZeroMQ servers differ: one thread receives every request and hands it to
+ * a fixed pool of worker threads (see MPROC_RPC_ZMQ). */
 #ifndef MPROC_RPC_H
 #define MPROC_RPC_H
 
@@ -89,7 +94,40 @@ typedef enum mproc_rpc_wire {
 typedef enum mproc_rpc_transport {
     MPROC_RPC_CONNECTION = 0,
     MPROC_RPC_STREAM = 1,
+    /* ZeroMQ. Addresses are ZeroMQ endpoints prefixed "zmq:":
+     * "zmq:tcp://127.0.0.1:5555", "zmq:ipc:///tmp/x"; a server given
+     * "zmq:tcp://127.0.0.1:*" picks a port, and mproc_rpc_server_address
+     * returns the bound endpoint ("zmq:tcp://127.0.0.1:41234"). Both wires.
+     * No authkey (MPROC_EINVAL if one is given: ZeroMQ's CURVE security is
+     * not wired), so bind to loopback or ipc on untrusted networks.
+     * Server: a ROUTER socket; one thread receives and hands each request to
+     * an idle worker thread of a fixed pool (max_connections is the pool
+     * size here: 0 = 8, at most 64), so a slow call holds up one worker, not
+     * the others. The request is the last frame of a message and the frames
+     * before it (the envelope) go back with the answer, so REQ and DEALER
+     * sockets of any ZeroMQ binding can be clients (a plain REQ socket is
+     * tested). max_message caps each incoming frame (ZeroMQ drops a peer
+     * that sends more). mproc_rpc_server_connections counts the ZeroMQ
+     * connections open now (from the socket monitor's accepted and
+     * disconnected events, read while the server runs: 0 before start and
+     * after stop). stop lets calls in progress finish within its timeout,
+     * then cuts ZeroMQ off (zmq_ctx_shutdown); a function still running is
+     * waited for, as for the other transports.
+     * Proxy: a DEALER socket (own ZeroMQ context, so two threads of its
+     * own) sending [empty, request] like a REQ socket. connect never waits
+     * and connect_timeout is unused: ZeroMQ connects in the background and
+     * reconnects silently, so a server that is absent or died gives
+     * MPROC_ETIMEDOUT on the next call, never MPROC_ECLOSED (the proxy is
+     * marked closed only as for other transports after a Python-wire
+     * timeout or a malformed answer). Requests sent meanwhile wait in
+     * ZeroMQ's queue and run when a server comes (their late answers are
+     * skipped by msgid); a call waits for room in that queue (1,000
+     * requests) within its timeout. */
+    MPROC_RPC_ZMQ = 2,
 } mproc_rpc_transport;
+
+/* true when mproc was built with libzmq (MPROC_RPC_ZMQ works). */
+bool mproc_rpc_have_zmq(void);
 
 typedef struct mproc_rpc_server_opts {
     mproc_rpc_wire wire;
@@ -98,13 +136,17 @@ typedef struct mproc_rpc_server_opts {
     const void *authkey;
     size_t authkey_len;
     size_t max_message;     /* 0 = MPROC_RPC_MAX_MESSAGE; larger requests close the connection */
-    size_t max_connections; /* served at once; 0 = 256; more are closed at accept */
+    size_t max_connections; /* served at once; 0 = 256; more are closed at accept
+                               (ZeroMQ: worker threads, 0 = 8, at most 64) */
 } mproc_rpc_server_opts;
 
 /* A server for `h` listening at `address` ("unix:@name", "unix:/path",
  * "tcp:host:port", port 0 picks one). Not serving yet. `h` must outlive it.
  * 0, the errors of mproc_listener_new, MPROC_EINVAL (bad options: the
- * stream transport with the Python wire or an authkey), MPROC_ENOMEM. */
+ * stream transport with the Python wire or an authkey, ZeroMQ with an
+ * authkey or an address without "zmq:"), MPROC_ENOSYS (ZeroMQ asked for,
+ * not built in), -errno of zmq_bind (MPROC_EINVAL for a malformed
+ * endpoint), MPROC_ENOMEM. */
 int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
                          const mproc_rpc_server_opts *opts);
 /* The bound address (the real port for tcp port 0). Owned by the server. */
@@ -134,7 +176,8 @@ typedef struct mproc_rpc_proxy_opts {
 
 /* Connect to an RPC server. One proxy is one connection, used by one thread
  * at a time. 0, the errors of mproc_client_connect (MPROC_EAUTH,
- * MPROC_ECONNREFUSED, ...). */
+ * MPROC_ECONNREFUSED, ...); for ZeroMQ MPROC_EINVAL (bad endpoint or an
+ * authkey) or MPROC_ENOSYS (not built in), never a refusal. */
 int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rpc_proxy_opts *opts);
 
 /* Call `method` with the positional arguments in the list `args` (NULL =
@@ -144,7 +187,9 @@ int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rp
  * in mproc_errmsg(), its exception type in mproc_rpc_proxy_error_type()),
  * MPROC_ETIMEDOUT (the proxy stays usable: a late answer is skipped by its
  * msgid; on the Python wire, which has no ids, the connection is closed and
- * later calls give MPROC_ECLOSED), MPROC_ECLOSED (server gone),
+ * later calls give MPROC_ECLOSED; on ZeroMQ also when its queue for an
+ * absent server is full: nothing was sent, the proxy stays usable),
+ * MPROC_ECLOSED (server gone; not on ZeroMQ, see MPROC_RPC_ZMQ),
  * MPROC_EMSGSIZE, MPROC_EPROTO (a malformed answer), MPROC_EINVAL (args not
  * a list). Unknown functions come back as MPROC_EREMOTE with the server's
  * message. */
@@ -154,7 +199,8 @@ int mproc_rpc_call(mproc_rpc_proxy *p, const char *method, const mproc_value *ar
  * passes them as **kwargs; msgpack-rpc has none (MPROC_EINVAL if given). */
 int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value *args,
                       const mproc_value *kwargs, mproc_value **result, double timeout);
-/* msgpack-rpc notification: no answer. MPROC_EINVAL on the Python wire. */
+/* msgpack-rpc notification: no answer. MPROC_EINVAL on the Python wire.
+ * ZeroMQ waits up to 30 s for room in its queue (else MPROC_ETIMEDOUT). */
 int mproc_rpc_notify(mproc_rpc_proxy *p, const char *method, const mproc_value *args);
 /* The exception type of the last MPROC_EREMOTE ("ValueError"), or "". */
 const char *mproc_rpc_proxy_error_type(const mproc_rpc_proxy *p);

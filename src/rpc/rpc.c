@@ -1,5 +1,6 @@
 /* rpc.c — RPC handler, threaded server and proxies over Connections, with
- * the msgpack-rpc and Python (seed 001) wires.
+ * the msgpack-rpc and Python (seed 001) wires. The ZeroMQ transport lives
+ * in zmq.c; the server and proxy functions hand over to it when `z` is set.
  *
  * fork: a server's threads and a proxy's connection belong to the process
  * that made them; nothing here is touched by fork handlers, and a fork
@@ -389,6 +390,14 @@ static int check_transport(mproc_rpc_wire wire, mproc_rpc_transport t, const voi
 {
     if (klen && !key)
         return mproc__fail(MPROC_EINVAL, "rpc: authkey_len without authkey");
+    if (t == MPROC_RPC_ZMQ) { /* both wires; see zmq.c */
+        if (!mproc_rpc_have_zmq())
+            return mproc__fail(MPROC_ENOSYS, "rpc: mproc was built without ZeroMQ (libzmq)");
+        if (key)
+            return mproc__fail(MPROC_EINVAL, "rpc: the ZeroMQ transport has no authkey "
+                                             "(CURVE is not wired)");
+        return 0;
+    }
     if (t != MPROC_RPC_CONNECTION && t != MPROC_RPC_STREAM)
         return mproc__fail(MPROC_EINVAL, "rpc: unknown transport %d", (int)t);
     if (t == MPROC_RPC_STREAM && wire != MPROC_RPC_MSGPACK)
@@ -481,6 +490,7 @@ struct mproc_rpc_server {
     pthread_cond_t cv; /* a connection thread left */
     srv_conn *conns;
     size_t nconns;
+    rpc_zmq_server *z; /* MPROC_RPC_ZMQ: everything is there, the rest unused */
 };
 
 int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
@@ -504,7 +514,7 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
         s->o = *opts;
     if (!s->o.max_message)
         s->o.max_message = MPROC_RPC_MAX_MESSAGE;
-    if (!s->o.max_connections)
+    if (!s->o.max_connections && s->o.transport != MPROC_RPC_ZMQ) /* zmq.c picks its own */
         s->o.max_connections = RPC_DEFAULT_MAX_CONNECTIONS;
     if (s->o.authkey) {
         s->key = malloc(s->o.authkey_len + 1);
@@ -520,7 +530,8 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
     /* The handshake runs on the connection's thread, so a stalled client
      * never holds up accept. */
     mproc_listener_opts lo = {.backlog = 64, .conn = {.max_message = s->o.max_message}};
-    int rc = mproc_listener_new(&s->l, address, &lo);
+    int rc = s->o.transport == MPROC_RPC_ZMQ ? rpc__zmq_server_new(&s->z, h, address, &s->o)
+                                             : mproc_listener_new(&s->l, address, &lo);
     if (rc) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
@@ -534,6 +545,8 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
 
 const char *mproc_rpc_server_address(const mproc_rpc_server *s)
 {
+    if (s && s->z)
+        return rpc__zmq_server_address(s->z);
     return s ? mproc_listener_address(s->l) : "";
 }
 
@@ -541,6 +554,8 @@ size_t mproc_rpc_server_connections(const mproc_rpc_server *s)
 {
     if (!s)
         return 0;
+    if (s->z)
+        return rpc__zmq_server_connections(s->z);
     pthread_mutex_lock((pthread_mutex_t *)&s->mu);
     size_t n = s->nconns;
     pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
@@ -732,6 +747,8 @@ int mproc_rpc_server_start(mproc_rpc_server *s)
 {
     if (!s)
         return MPROC_EINVAL;
+    if (s->z)
+        return rpc__zmq_server_start(s->z);
     if (s->started || atomic_load(&s->stopping))
         return mproc__fail(MPROC_ESTATE, "rpc: the server was started already");
     int rc = pthread_create(&s->accept_thr, NULL, accept_main, s);
@@ -745,6 +762,8 @@ int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout)
 {
     if (!s)
         return MPROC_EINVAL;
+    if (s->z)
+        return rpc__zmq_server_stop(s->z, timeout);
     bool was = atomic_exchange(&s->stopping, true);
     if (s->started && !was)
         pthread_join(s->accept_thr, NULL);
@@ -776,6 +795,7 @@ void mproc_rpc_server_free(mproc_rpc_server *s)
     if (!s)
         return;
     mproc_rpc_server_stop(s, 5.0);
+    rpc__zmq_server_free(s->z);
     mproc_listener_close(s->l);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
@@ -796,6 +816,7 @@ struct mproc_rpc_proxy {
     size_t max_message;
     mproc_buf out;
     char exc_type[64];
+    rpc_zmq_proxy *z; /* MPROC_RPC_ZMQ: the socket, instead of c/fd */
 };
 
 int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rpc_proxy_opts *opts)
@@ -821,18 +842,23 @@ int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rp
         .connect_timeout = opts ? opts->connect_timeout : 0,
         .conn = {.max_message = p->max_message},
     };
-    int rc = mproc_client_connect(&p->c, address, &co);
+    int rc = p->transport == MPROC_RPC_ZMQ ? rpc__zmq_connect(&p->z, address, p->max_message)
+                                           : mproc_client_connect(&p->c, address, &co);
     if (rc) {
         free(p);
         return rc;
     }
-    p->fd = mproc_connection_fileno(p->c);
+    p->fd = p->z ? -1 : mproc_connection_fileno(p->c);
     *out = p;
     return 0;
 }
 
-static int proxy_send(mproc_rpc_proxy *p)
+/* `d` bounds only the ZeroMQ wait for room in its queue; the other
+ * transports write until done. */
+static int proxy_send(mproc_rpc_proxy *p, mproc_deadline d)
 {
+    if (p->z)
+        return rpc__zmq_send(p->z, p->out.data, p->out.len, d);
     if (p->transport == MPROC_RPC_STREAM)
         return mproc_write_all(p->fd, p->out.data, p->out.len);
     return mproc_connection_send_bytes(p->c, p->out.data, p->out.len);
@@ -841,6 +867,8 @@ static int proxy_send(mproc_rpc_proxy *p)
 /* The next answer: *buf malloc'd (free it). */
 static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *len)
 {
+    if (p->z)
+        return rpc__zmq_recv(p->z, d, buf, len);
     if (p->transport != MPROC_RPC_STREAM) {
         spin_readable(p->c, RPC_SPIN_NS);
         return mproc_connection_recv_bytes(p->c, buf, len, mproc_deadline_remaining(d));
@@ -944,7 +972,11 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
         return mproc__fail(MPROC_EMSGSIZE, "rpc: the request (%zu bytes) exceeds max_message (%zu)",
                            p->out.len, p->max_message);
     mproc_deadline d = mproc_deadline_after(timeout);
-    if ((rc = proxy_send(p)) != 0) {
+    if ((rc = proxy_send(p, d)) != 0) {
+        /* ZeroMQ: its queue for an absent server is full; nothing was sent. */
+        if (p->z && rc == MPROC_ETIMEDOUT)
+            return mproc__fail(rc, "rpc: no ZeroMQ server took '%.200s' within the timeout",
+                               method);
         p->broken = true;
         return rc == MPROC_EPIPE || rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
     }
@@ -1022,8 +1054,9 @@ int mproc_rpc_notify(mproc_rpc_proxy *p, const char *method, const mproc_value *
     p->out.len = 0;
     if ((rc = encode_call(p, 2, 0, method, args, NULL)) != 0)
         return rc;
-    rc = proxy_send(p);
-    if (rc)
+    /* ZeroMQ waits this long for room in its queue (30 s, as connecting). */
+    rc = proxy_send(p, mproc_deadline_after(30.0));
+    if (rc && !(p->z && rc == MPROC_ETIMEDOUT))
         p->broken = true;
     return rc;
 }
@@ -1032,6 +1065,7 @@ void mproc_rpc_close(mproc_rpc_proxy *p)
 {
     if (!p)
         return;
+    rpc__zmq_close(p->z);
     mproc_connection_close(p->c);
     mproc__buf_free(&p->out);
     free(p->st.buf);

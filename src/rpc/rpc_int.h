@@ -15,4 +15,29 @@
 int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const void *data,
                 size_t len, mproc_buf *out, bool *answer);
 
+/* ------------------------------------------------ ZeroMQ (src/rpc/zmq.c)
+ * The MPROC_RPC_ZMQ transport behind rpc.c's server and proxy. Built with
+ * libzmq when MPROC_HAVE_ZMQ is defined; otherwise every function fails
+ * with MPROC_ENOSYS and mproc_rpc_have_zmq() is false. Addresses are given
+ * with their "zmq:" prefix. */
+typedef struct rpc_zmq_server rpc_zmq_server;
+typedef struct rpc_zmq_proxy rpc_zmq_proxy;
+
+/* Bind a ROUTER at `address`; `o` is already defaulted (max_message set). */
+int rpc__zmq_server_new(rpc_zmq_server **out, mproc_rpc_handler *h, const char *address,
+                        const mproc_rpc_server_opts *o);
+const char *rpc__zmq_server_address(const rpc_zmq_server *z); /* with "zmq:" */
+int rpc__zmq_server_start(rpc_zmq_server *z);
+int rpc__zmq_server_stop(rpc_zmq_server *z, double timeout);
+size_t rpc__zmq_server_connections(const rpc_zmq_server *z);
+void rpc__zmq_server_free(rpc_zmq_server *z); /* stops first */
+
+int rpc__zmq_connect(rpc_zmq_proxy **out, const char *address, size_t max_message);
+/* Send one request, waiting until `d` for room in ZeroMQ's queue:
+ * 0 or MPROC_ETIMEDOUT (nothing was sent). */
+int rpc__zmq_send(rpc_zmq_proxy *z, const void *data, size_t len, mproc_deadline d);
+/* The next answer (*buf malloc'd): 0, MPROC_ETIMEDOUT, MPROC_EMSGSIZE. */
+int rpc__zmq_recv(rpc_zmq_proxy *z, mproc_deadline d, void **buf, size_t *len);
+void rpc__zmq_close(rpc_zmq_proxy *z);
+
 #endif
