@@ -294,7 +294,10 @@ static int decode_req(mproc_rpc_wire wire, const void *data, size_t len, rpc_req
             mproc_value_type(m) != MPROC_V_STR || mproc_value_type(a) != MPROC_V_LIST ||
             (mproc_value_type(k) != MPROC_V_MAP && mproc_value_type(k) != MPROC_V_NIL))
             return mproc__fail(MPROC_EPROTO, "malformed request: want (name, args, kwargs)");
-        r->method = (char *)mproc_value_as_str(m, NULL);
+        size_t ml;
+        r->method = (char *)mproc_value_as_str(m, &ml);
+        if (strlen(r->method) != ml)
+            return mproc__fail(MPROC_EPROTO, "malformed request: a NUL in the function name");
         r->args = a;
         r->kwargs = mproc_value_type(k) == MPROC_V_MAP && mproc_value_len(k) ? k : NULL;
         return 0;
@@ -322,7 +325,10 @@ static int decode_req(mproc_rpc_wire wire, const void *data, size_t len, rpc_req
     mproc_value *m = mproc_value_at(v, base), *a = mproc_value_at(v, base + 1);
     if (mproc_value_type(m) != MPROC_V_STR || mproc_value_type(a) != MPROC_V_LIST)
         return mproc__fail(MPROC_EPROTO, "malformed request: method must be a str, params an array");
-    r->method = (char *)mproc_value_as_str(m, NULL);
+    size_t ml;
+    r->method = (char *)mproc_value_as_str(m, &ml);
+    if (strlen(r->method) != ml)
+        return mproc__fail(MPROC_EPROTO, "malformed request: a NUL in the method name");
     r->args = a;
     return 0;
 }
@@ -338,6 +344,15 @@ static int encode_answer(mproc_rpc_wire wire, uint64_t msgid, int rc, const mpro
             return MPROC_ENOMEM;
         int r = py_wrap(rc ? e : result, out);
         mproc_value_free(e);
+        if (r && rc) {
+            /* not a builtin exception Python can unpickle: Exception("Type: msg") */
+            char m[400];
+            snprintf(m, sizeof m, "%s: %s", type, msg);
+            out->len = 0;
+            e = mproc_value_error("Exception", m);
+            r = e ? py_wrap(e, out) : MPROC_ENOMEM;
+            mproc_value_free(e);
+        }
         return r;
     }
     mproc_value *resp = mproc_value_list();
@@ -490,6 +505,7 @@ struct mproc_rpc_server {
     pthread_cond_t cv; /* a connection thread left */
     srv_conn *conns;
     size_t nconns;
+    char *address;     /* kept after stop closes the listener */
     rpc_zmq_server *z; /* MPROC_RPC_ZMQ: everything is there, the rest unused */
 };
 
@@ -532,6 +548,10 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
     mproc_listener_opts lo = {.backlog = 64, .conn = {.max_message = s->o.max_message}};
     int rc = s->o.transport == MPROC_RPC_ZMQ ? rpc__zmq_server_new(&s->z, h, address, &s->o)
                                              : mproc_listener_new(&s->l, address, &lo);
+    if (!rc && s->l && !(s->address = strdup(mproc_listener_address(s->l)))) {
+        mproc_listener_close(s->l);
+        rc = MPROC_ENOMEM;
+    }
     if (rc) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
@@ -547,7 +567,7 @@ const char *mproc_rpc_server_address(const mproc_rpc_server *s)
 {
     if (s && s->z)
         return rpc__zmq_server_address(s->z);
-    return s ? mproc_listener_address(s->l) : "";
+    return s && s->address ? s->address : "";
 }
 
 size_t mproc_rpc_server_connections(const mproc_rpc_server *s)
@@ -767,6 +787,11 @@ int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout)
     bool was = atomic_exchange(&s->stopping, true);
     if (s->started && !was)
         pthread_join(s->accept_thr, NULL);
+    /* No more connections: close the listening socket (a unix path goes
+     * with it), so a new client is refused at once instead of waiting in
+     * the backlog for an accept that never comes. */
+    mproc_listener_close(s->l);
+    s->l = NULL;
     /* Connection threads finish the call they are in, then see the flag
      * within a slice. Past the timeout, cut their sockets. */
     mproc_deadline d = mproc_deadline_after(timeout);
@@ -799,6 +824,7 @@ void mproc_rpc_server_free(mproc_rpc_server *s)
     mproc_listener_close(s->l);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
+    free(s->address);
     free(s->key);
     free(s);
 }
