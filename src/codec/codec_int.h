@@ -85,12 +85,6 @@ mproc_decode_limits mproc__limits(const mproc_decode_limits *lim);
 /* Deep copy counting every node against *budget (fails with NULL and
  * *budget == SIZE_MAX when exhausted). */
 mproc_value *mproc__value_copy_counted(const mproc_value *v, size_t *budget);
-/* Decode the one MessagePack object at the start of data[0..len) (a
- * stream: what follows is left alone); *used gets its length. MPROC_EAGAIN
- * when the input ends inside the object (read more, try again), the errors
- * of mproc_msgpack_decode otherwise. */
-int mproc__msgpack_decode_prefix(const void *data, size_t len, const mproc_decode_limits *lim,
-                                 mproc_value **out, size_t *used);
 /* Python's name of the type of `v` ("int", "dict", an error's type...), for messages. */
 const char *mproc__py_type_name(const mproc_value *v);
 /* Shortest round-trip repr of a double, Python style ("1.0", "1e+16", "inf"). */

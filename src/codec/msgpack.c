@@ -116,7 +116,6 @@ typedef struct {
     size_t items, bytes;
     frame *st;
     size_t n, cap;
-    bool truncated; /* the input ended inside the object */
 } dec;
 
 static uint64_t be(const uint8_t *p, size_t n)
@@ -130,7 +129,6 @@ static uint64_t be(const uint8_t *p, size_t n)
 static int need(dec *d, size_t n)
 {
     if ((size_t)(d->end - d->p) < n) {
-        d->truncated = true;
         return mproc__fail(MPROC_EPROTO, "msgpack: truncated input");
     }
     return 0;
@@ -166,14 +164,12 @@ static int blob(dec *d, uint64_t n, mproc_vtype t, mproc_value **out)
             return rc;
         code = (int8_t)*d->p++;
     }
-    if (n > d->lim.max_bytes - d->bytes) /* before truncation: a stream never waits for it */
+    if (n > d->lim.max_bytes - d->bytes) /* over the limit before truncated: the precise code */
         return mproc__fail(MPROC_EMSGSIZE, "msgpack: more than %zu bytes of str/bin/ext",
                            d->lim.max_bytes);
-    if (n > (uint64_t)(d->end - d->p)) {
-        d->truncated = true;
+    if (n > (uint64_t)(d->end - d->p))
         return mproc__fail(MPROC_EPROTO, "msgpack: %s of %llu bytes is truncated", what,
                            (unsigned long long)n);
-    }
     d->bytes += n;
     if (t == MPROC_V_STR && !mproc__utf8_valid(d->p, n))
         return mproc__fail(MPROC_EPROTO, "msgpack: str is not valid UTF-8");
@@ -192,11 +188,9 @@ static int container(dec *d, uint64_t n, bool map, mproc_value **out)
      * anything is allocated for them. */
     if (objs > d->lim.max_items - d->items)
         return mproc__fail(MPROC_EMSGSIZE, "msgpack: more than %zu items", d->lim.max_items);
-    if (objs > (uint64_t)(d->end - d->p)) {
-        d->truncated = true;
+    if (objs > (uint64_t)(d->end - d->p))
         return mproc__fail(MPROC_EPROTO, "msgpack: %s of %llu entries is truncated",
                            map ? "map" : "array", (unsigned long long)n);
-    }
     if (d->n + 1 > d->lim.max_depth)
         return mproc__fail(MPROC_EPROTO, "msgpack: nesting deeper than %zu", d->lim.max_depth);
     mproc_value *c = map ? mproc_value_map() : mproc_value_list();
@@ -326,24 +320,8 @@ static mproc_value *maybe_error(mproc_value *m)
     return e;
 }
 
-static int decode(const void *data, size_t len, const mproc_decode_limits *lim,
-                  mproc_value **out, size_t *used);
-
 int mproc_msgpack_decode(const void *data, size_t len, const mproc_decode_limits *lim,
                          mproc_value **out)
-{
-    return decode(data, len, lim, out, NULL);
-}
-
-int mproc__msgpack_decode_prefix(const void *data, size_t len, const mproc_decode_limits *lim,
-                                 mproc_value **out, size_t *used)
-{
-    *used = 0;
-    return decode(data, len, lim, out, used);
-}
-
-static int decode(const void *data, size_t len, const mproc_decode_limits *lim,
-                  mproc_value **out, size_t *used)
 {
     if (!out || (!data && len))
         return mproc__fail(MPROC_EINVAL, "msgpack_decode: NULL argument");
@@ -388,9 +366,7 @@ static int decode(const void *data, size_t len, const mproc_decode_limits *lim,
                 v = maybe_error(v);
         }
     }
-    if (used) {
-        *used = (size_t)(d.p - (const uint8_t *)data);
-    } else if (d.p != d.end) {
+    if (d.p != d.end) {
         rc = mproc__fail(MPROC_EPROTO, "msgpack: %zu trailing bytes after the object",
                          (size_t)(d.end - d.p));
         goto fail;
@@ -399,8 +375,6 @@ static int decode(const void *data, size_t len, const mproc_decode_limits *lim,
     *out = root;
     return 0;
 fail:
-    if (used && d.truncated)
-        rc = MPROC_EAGAIN; /* not malformed: wait for more bytes */
     /* Each open container is owned only by its frame (not yet attached). */
     for (size_t i = 0; i < d.n; i++) {
         mproc_value_free(d.st[i].key);

@@ -422,11 +422,104 @@ static int check_transport(mproc_rpc_wire wire, mproc_rpc_transport t, const voi
     return 0;
 }
 
-/* A msgpack-rpc byte stream: bytes read so far, and where the next object starts. */
+/* A msgpack-rpc byte stream: bytes read so far, where the next object
+ * starts, and how far the scan for its end has come (resumable, so a slow
+ * sender costs linear time: every byte is looked at once). */
 typedef struct rpc_stream {
     uint8_t *buf;
     size_t len, cap, off;
+    size_t scan;   /* bytes of the object at off scanned so far */
+    uint64_t owed; /* objects still to come in it */
+    uint64_t skip; /* payload bytes still to pass over */
+    bool started;
 } rpc_stream;
+
+static uint64_t be_n(const uint8_t *p, size_t n)
+{
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++)
+        x = x << 8 | p[i];
+    return x;
+}
+
+/* Scan on for the end of the object at st->off, allocating nothing.
+ * 1: complete, st->scan bytes; 0: more bytes needed; MPROC_EPROTO (a byte
+ * that starts no MessagePack object), MPROC_EMSGSIZE (it would exceed max). */
+static int scan_object(rpc_stream *st, size_t max)
+{
+    const uint8_t *b = st->buf + st->off;
+    size_t have = st->len - st->off;
+    if (!st->started) {
+        st->started = true;
+        st->owed = 1;
+    }
+    for (;;) {
+        if (st->skip) {
+            uint64_t k = have - st->scan < st->skip ? have - st->scan : st->skip;
+            st->scan += (size_t)k;
+            st->skip -= k;
+            if (st->skip)
+                return 0;
+        }
+        if (!st->owed)
+            return 1;
+        if (st->scan >= have)
+            return 0;
+        const uint8_t *h = b + st->scan;
+        uint8_t c = h[0];
+        size_t hl = 1, lb = 0; /* header length; bytes of its length field */
+        uint64_t len = 0, kids = 0, mul = 1;
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+        } else if (c <= 0x8f) {
+            kids = 2u * (c & 0x0f);
+        } else if (c <= 0x9f) {
+            kids = c & 0x0f;
+        } else if (c <= 0xbf) {
+            len = c & 0x1f;
+        } else if (c == 0xc4 || c == 0xd9) {
+            hl = 2, lb = 1;
+        } else if (c == 0xc5 || c == 0xda) {
+            hl = 3, lb = 2;
+        } else if (c == 0xc6 || c == 0xdb) {
+            hl = 5, lb = 4;
+        } else if (c >= 0xc7 && c <= 0xc9) { /* ext 8/16/32: length, then the type byte */
+            lb = (size_t)1 << (c - 0xc7);
+            hl = 1 + lb + 1;
+        } else if (c == 0xca || c == 0xce || c == 0xd2) {
+            hl = 5;
+        } else if (c == 0xcb || c == 0xcf || c == 0xd3) {
+            hl = 9;
+        } else if (c == 0xcc || c == 0xd0) {
+            hl = 2;
+        } else if (c == 0xcd || c == 0xd1) {
+            hl = 3;
+        } else if (c >= 0xd4 && c <= 0xd8) { /* fixext 1..16: type byte + payload */
+            hl = 2;
+            len = (uint64_t)1 << (c - 0xd4);
+        } else if (c == 0xdc || c == 0xde) {
+            hl = 3, lb = 2, mul = c == 0xde ? 2 : 1;
+        } else if (c == 0xdd || c == 0xdf) {
+            hl = 5, lb = 4, mul = c == 0xdf ? 2 : 1;
+        } else {
+            return mproc__fail(MPROC_EPROTO, "rpc: 0x%02x starts no MessagePack object", c);
+        }
+        if (have - st->scan < hl)
+            return 0;
+        if (lb) {
+            uint64_t x = be_n(h + 1, lb);
+            if (c == 0xdc || c == 0xdd || c == 0xde || c == 0xdf)
+                kids = x * mul;
+            else
+                len = x;
+        }
+        st->scan += hl;
+        st->owed = st->owed - 1 + kids;
+        st->skip = len;
+        /* every owed object takes at least a byte */
+        if (st->owed > max || st->skip > max || st->scan + st->skip + st->owed > max)
+            return mproc__fail(MPROC_EMSGSIZE, "rpc: a message over %zu bytes", max);
+    }
+}
 
 /* The next object of the stream as bytes (*p, *n point into the buffer,
  * valid until the next call), reading more as needed until `d`.
@@ -437,22 +530,18 @@ static int stream_next(rpc_stream *st, int fd, size_t max, mproc_deadline d, con
 {
     for (;;) {
         if (st->len > st->off) {
-            mproc_value *v = NULL;
-            size_t used;
-            mproc_decode_limits lim = {.max_bytes = max};
-            int rc = mproc__msgpack_decode_prefix(st->buf + st->off, st->len - st->off, &lim, &v,
-                                                  &used);
-            mproc_value_free(v);
-            if (rc == 0) {
+            int rc = scan_object(st, max);
+            if (rc < 0)
+                return rc;
+            if (rc == 1) {
                 *p = st->buf + st->off;
-                *n = used;
-                st->off += used;
+                *n = st->scan;
+                st->off += st->scan;
+                st->scan = 0;
+                st->owed = st->skip = 0;
+                st->started = false;
                 return 0;
             }
-            if (rc != MPROC_EAGAIN)
-                return rc;
-            if (st->len - st->off >= max)
-                return mproc__fail(MPROC_EMSGSIZE, "rpc: a message over %zu bytes", max);
         }
         if (st->off) { /* keep only the unread part */
             memmove(st->buf, st->buf + st->off, st->len - st->off);
