@@ -695,6 +695,86 @@ MTEST(test_python_tcp_connection_authkey) { scenario_basic(true, MPROC_RPC_PYTHO
 MTEST(test_msgpack_unix_stream) { scenario_basic(false, MPROC_RPC_MSGPACK, MPROC_RPC_STREAM, false); }
 MTEST(test_msgpack_tcp_stream) { scenario_basic(true, MPROC_RPC_MSGPACK, MPROC_RPC_STREAM, false); }
 
+/* The stream transport finds where a message ends however it is cut: a
+ * request of every kind of value (a 70 KB str, nested arrays and maps, an
+ * ext) sent one byte at a time at both ends and in 4 KiB pieces between,
+ * followed by a second request in the same write as the first one's tail.
+ * Both answers come back whole. */
+MTEST(test_stream_request_split_anywhere)
+{
+    mproc_rpc_handler *h = new_handler(false);
+    mproc_rpc_server_opts o = sopts(MPROC_RPC_MSGPACK, MPROC_RPC_STREAM, false);
+    mproc_rpc_server *s = serve(h, true, &o);
+    mproc_connection *c = raw_connect(s);
+    int fd = mproc_connection_fileno(c);
+
+    mproc_value *args = rich_args();
+    CHECK_OK(mproc_value_append(args, big_str(70000)));
+    CHECK_OK(mproc_value_append(args, mproc_value_ext(5, "abc", 3)));
+    mproc_value *req = list_of(4, mproc_value_int(0), mproc_value_int(7), mproc_value_str("echo"),
+                               list_of(1, mproc_value_copy(args)));
+    mproc_value *req2 = list_of(4, mproc_value_int(0), mproc_value_int(8), mproc_value_str("add"),
+                                list_of(2, mproc_value_int(2), mproc_value_int(3)));
+    mproc_buf b = {0};
+    CHECK_OK(mproc_msgpack_encode(req, &b));
+    size_t first = b.len;
+    CHECK_OK(mproc_msgpack_encode(req2, &b));
+    size_t i = 0;
+    while (i < first - 300) {
+        size_t step = i < 300 ? 1 : (first - 300 - i < 4096 ? first - 300 - i : 4096);
+        CHECK_OK(mproc_write_all(fd, b.data + i, step));
+        i += step;
+    }
+    for (; i < first - 1; i++)
+        CHECK_OK(mproc_write_all(fd, b.data + i, 1));
+    CHECK_OK(mproc_write_all(fd, b.data + i, b.len - i)); /* the last byte and all of req2 */
+
+    /* Read both answers: [1, 7, nil, [args]] then [1, 8, nil, 5]. */
+    uint8_t *in = NULL;
+    size_t have = 0, cap = 0, used = 0;
+    mproc_deadline d = mproc_deadline_after(20.0);
+    for (int want = 0; want < 2;) {
+        mproc_value *v = NULL;
+        size_t n = 0;
+        /* try every prefix length: a complete answer decodes exactly */
+        for (size_t k = used + 1; k <= have && !v; k++)
+            if (mproc_msgpack_decode(in + used, k - used, NULL, &v) == 0)
+                n = k - used;
+        if (v) {
+            CHECK(mproc_value_type(v) == MPROC_V_LIST && mproc_value_len(v) == 4);
+            CHECK_EQ(mproc_value_as_int(mproc_value_at(v, 1)), want == 0 ? 7 : 8);
+            CHECK(mproc_value_type(mproc_value_at(v, 2)) == MPROC_V_NIL);
+            if (want == 0) /* echo answers [[args...], None]: our one argument is `args` */
+                CHECK(mproc_value_equal(mproc_value_at(mproc_value_at(mproc_value_at(v, 3), 0), 0),
+                                        args));
+            else
+                CHECK_EQ(mproc_value_as_int(mproc_value_at(v, 3)), 5);
+            mproc_value_free(v);
+            used += n;
+            want++;
+            continue;
+        }
+        CHECK(!mproc_deadline_expired(d));
+        if (cap - have < 65536) {
+            cap = cap ? cap * 2 : 262144;
+            in = realloc(in, cap);
+            CHECK(in);
+        }
+        CHECK_OK(mproc_wait_fd(fd, POLLIN, mproc_deadline_remaining(d)));
+        ssize_t got = read(fd, in + have, cap - have);
+        CHECK(got > 0);
+        have += (size_t)got;
+    }
+    free(in);
+    free(b.data);
+    mproc_value_free(req);
+    mproc_value_free(req2);
+    mproc_value_free(args);
+    mproc_connection_close(c);
+    mproc_rpc_server_free(s);
+    mproc_rpc_handler_free(h);
+}
+
 MTEST(test_wrong_authkey_is_eauth_and_server_keeps_serving)
 {
     for (int w = 0; w < 2; w++) {
@@ -2199,6 +2279,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_python_tcp_connection_authkey),
         MTEST_ENTRY(test_msgpack_unix_stream),
         MTEST_ENTRY(test_msgpack_tcp_stream),
+        MTEST_ENTRY(test_stream_request_split_anywhere),
         MTEST_ENTRY(test_wrong_authkey_is_eauth_and_server_keeps_serving),
         MTEST_ENTRY(test_invalid_options_are_einval),
         MTEST_ENTRY(test_server_lifecycle_edges),
