@@ -1423,6 +1423,33 @@ MTEST(test_pickle_warning_is_an_exception_and_groups_are_refused)
     free(b.data);
 }
 
+/* An exception made with several arguments reads as Python's str() of it:
+ * "[Errno 2] nope" for FileNotFoundError(2, 'nope'), the args tuple for
+ * ValueError(1, 'a', None). (Bytes from Python 3.11, protocol 4.) */
+MTEST(test_pickle_exception_with_several_arguments)
+{
+    static const struct {
+        const char *hex, *type, *msg;
+    } cases[] = {
+        {"8004952f000000000000008c086275696c74696e73948c1146696c654e6f74466f756e644572726f72"
+         "9493944b028c046e6f706594869452942e",
+         "FileNotFoundError", "[Errno 2] nope"},
+        {"80049526000000000000008c086275696c74696e73948c0a56616c75654572726f729493944b018c01"
+         "61944e879452942e",
+         "ValueError", "(1, 'a', None)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint8_t b[256];
+        size_t n = unhex(cases[i].hex, b, sizeof b);
+        mproc_value *v = NULL;
+        CHECK_OK(mproc_pickle_decode(b, n, NULL, &v));
+        CHECK(mproc_value_type(v) == MPROC_V_ERROR);
+        CHECK(strcmp(mproc_value_error_type(v), cases[i].type) == 0);
+        CHECK(strcmp(mproc_value_error_message(v), cases[i].msg) == 0);
+        mproc_value_free(v);
+    }
+}
+
 MTEST(test_pickle_protocol0_text_opcodes)
 {
     struct {
@@ -1495,6 +1522,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_pickle_rejects_truncation_at_every_offset),
         MTEST_ENTRY(test_pickle_limits_depth_items_bytes_and_lengths),
         MTEST_ENTRY(test_pickle_protocol0_text_opcodes),
+        MTEST_ENTRY(test_pickle_exception_with_several_arguments),
     };
     return mtest_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

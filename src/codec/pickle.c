@@ -738,6 +738,36 @@ static int encode_text(vm *m, const mproc_value *s, const mproc_value *enc)
     return push_built(m, &b, MPROC_V_BYTES);
 }
 
+/* str() of an exception made with several arguments: "[Errno N] text" for
+ * OSError and its subclasses given (errno, text), else the args tuple. */
+static char *exc_args_str(const char *name, const mproc_value *args)
+{
+    static const char *const os_errors[] = {
+        "OSError", "IOError", "EnvironmentError", "FileNotFoundError", "FileExistsError",
+        "PermissionError", "TimeoutError", "IsADirectoryError", "NotADirectoryError",
+        "BlockingIOError", "ChildProcessError", "BrokenPipeError", "ConnectionError",
+        "ConnectionAbortedError", "ConnectionRefusedError", "ConnectionResetError",
+        "InterruptedError", "ProcessLookupError"};
+    const mproc_value *a0 = args->u.l.v[0], *a1 = args->u.l.v[1];
+    if (args->u.l.n == 2 && a0->type == MPROC_V_INT && a1->type == MPROC_V_STR &&
+        strlen(a1->u.s.p) == a1->u.s.n)
+        for (size_t i = 0; i < sizeof os_errors / sizeof *os_errors; i++)
+            if (strcmp(name, os_errors[i]) == 0) {
+                size_t n = a1->u.s.n + 32;
+                char *m = malloc(n);
+                if (m)
+                    snprintf(m, n, "[Errno %lld] %s", (long long)a0->u.i, a1->u.s.p);
+                return m;
+            }
+    char *r = mproc_value_repr(args); /* "[2, 'x']" -> "(2, 'x')" */
+    if (r && r[0] == '[') {
+        size_t n = strlen(r);
+        r[0] = '(';
+        r[n - 1] = ')';
+    }
+    return r;
+}
+
 static int op_reduce(vm *m)
 {
     if (avail(m) < 2)
@@ -757,6 +787,17 @@ static int op_reduce(vm *m)
     switch (g->u.g.kind) {
     case G_EXC: {
         char *msg = NULL;
+        const char *name = strrchr(g->u.g.name, '.') + 1;
+        if (na > 1) { /* str(e) of several arguments, as Python prints it */
+            msg = exc_args_str(name, args);
+            if (!msg) {
+                rc = MPROC_ENOMEM;
+                break;
+            }
+            rc = push(m, mproc_value_error(name, msg));
+            free(msg);
+            break;
+        }
         if (a0 && a0->type == MPROC_V_STR)
             msg = strlen(a0->u.s.p) == a0->u.s.n ? strdup(a0->u.s.p) : NULL;
         else if (a0)
@@ -769,7 +810,6 @@ static int op_reduce(vm *m)
                      : MPROC_ENOMEM;
             break;
         }
-        const char *name = strrchr(g->u.g.name, '.') + 1;
         rc = push(m, mproc_value_error(name, msg));
         free(msg);
         break;
