@@ -775,6 +775,75 @@ MTEST(test_stream_request_split_anywhere)
     mproc_rpc_handler_free(h);
 }
 
+/* Review regressions. (1) A call's timeout covers sending: a listener that
+ * never accepts nor reads cannot hold an 8 MiB call past it. */
+MTEST(test_call_timeout_covers_a_send_the_server_never_reads)
+{
+    char addr[128];
+    unix_addr(addr, sizeof addr);
+    mproc_listener *l;
+    CHECK_OK(mproc_listener_new(&l, addr, NULL));
+    for (int t = 0; t < 2; t++) {
+        mproc_rpc_proxy_opts po = {.transport = t ? MPROC_RPC_STREAM : MPROC_RPC_CONNECTION,
+                                   .max_message = (size_t)64 << 20};
+        mproc_rpc_proxy *p;
+        CHECK_OK(mproc_rpc_connect(&p, mproc_listener_address(l), &po));
+        mproc_value *args = list_of(1, big_str((size_t)8 << 20));
+        double t0 = mproc_monotonic();
+        CHECK_EQ(mproc_rpc_call(p, "echo", args, NULL, 0.3), MPROC_ETIMEDOUT);
+        CHECK(mproc_monotonic() - t0 < 5.0);
+        CHECK_EQ(mproc_rpc_call(p, "echo", NULL, NULL, 0.3), MPROC_ECLOSED); /* out of step: closed */
+        mproc_value_free(args);
+        mproc_rpc_close(p);
+    }
+    mproc_listener_close(l);
+}
+
+FN(fn_custom_error)
+{
+    (void)args, (void)nargs, (void)kwargs, (void)result, (void)ud;
+    return mproc_rpc_error(nargs ? "MyCustomError" : "Custom", "the real message 42");
+}
+
+/* (2) On the Python wire an exception type Python does not have travels as
+ * Exception("Type: message"), message intact. */
+MTEST(test_python_wire_unknown_exception_type_keeps_its_message)
+{
+    mproc_rpc_handler *h = new_handler(false);
+    CHECK_OK(mproc_rpc_handler_register(h, "custom", fn_custom_error, NULL));
+    mproc_rpc_server_opts o = sopts(MPROC_RPC_PYTHON, MPROC_RPC_CONNECTION, false);
+    mproc_rpc_server *s = serve(h, false, &o);
+    mproc_rpc_proxy *p = proxy_for(s, &o);
+    for (int i = 0; i < 2; i++) {
+        mproc_value *args = i ? list_of(1, mproc_value_int(1)) : NULL;
+        CHECK_EQ(mproc_rpc_call(p, "custom", args, NULL, 10.0), MPROC_EREMOTE);
+        CHECK(strcmp(mproc_rpc_proxy_error_type(p), "Exception") == 0);
+        CHECK(strstr(mproc_errmsg(), i ? "MyCustomError: the real message 42"
+                                       : "Custom: the real message 42"));
+        mproc_value_free(args);
+    }
+    mproc_rpc_close(p);
+    mproc_rpc_server_free(s);
+    mproc_rpc_handler_free(h);
+}
+
+/* (3) Stopping with only idle clients cuts no call: 0, even at timeout 0. */
+MTEST(test_stop_with_idle_clients_is_not_a_timeout)
+{
+    mproc_rpc_handler *h = new_handler(false);
+    for (int t = 0; t < 2; t++) {
+        mproc_rpc_server_opts o =
+            sopts(MPROC_RPC_MSGPACK, t ? MPROC_RPC_STREAM : MPROC_RPC_CONNECTION, false);
+        mproc_rpc_server *s = serve(h, false, &o);
+        mproc_rpc_proxy *p = proxy_for(s, &o);
+        CHECK_EQ(call_int(p, "add", ints2(2, 3)), 5);
+        CHECK_OK(mproc_rpc_server_stop(s, 0));
+        mproc_rpc_close(p);
+        mproc_rpc_server_free(s);
+    }
+    mproc_rpc_handler_free(h);
+}
+
 MTEST(test_wrong_authkey_is_eauth_and_server_keeps_serving)
 {
     for (int w = 0; w < 2; w++) {
@@ -2280,6 +2349,9 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_msgpack_unix_stream),
         MTEST_ENTRY(test_msgpack_tcp_stream),
         MTEST_ENTRY(test_stream_request_split_anywhere),
+        MTEST_ENTRY(test_call_timeout_covers_a_send_the_server_never_reads),
+        MTEST_ENTRY(test_python_wire_unknown_exception_type_keeps_its_message),
+        MTEST_ENTRY(test_stop_with_idle_clients_is_not_a_timeout),
         MTEST_ENTRY(test_wrong_authkey_is_eauth_and_server_keeps_serving),
         MTEST_ENTRY(test_invalid_options_are_einval),
         MTEST_ENTRY(test_server_lifecycle_edges),

@@ -334,12 +334,46 @@ static int decode_req(mproc_rpc_wire wire, const void *data, size_t len, rpc_req
 }
 
 /* Encode an answer: result (rc == 0) or the exception (type, msg). */
+/* Python 3.11's builtin exception and warning names. */
+static bool py_builtin_exception(const char *t)
+{
+    static const char *const names[] = {
+        "ArithmeticError", "AssertionError", "AttributeError", "BaseException",
+        "BaseExceptionGroup", "BlockingIOError", "BrokenPipeError", "BufferError",
+        "BytesWarning", "ChildProcessError", "ConnectionAbortedError", "ConnectionError",
+        "ConnectionRefusedError", "ConnectionResetError", "DeprecationWarning", "EOFError",
+        "EncodingWarning", "EnvironmentError", "Exception", "ExceptionGroup", "FileExistsError",
+        "FileNotFoundError", "FloatingPointError", "FutureWarning", "GeneratorExit", "IOError",
+        "ImportError", "ImportWarning", "IndentationError", "IndexError", "InterruptedError",
+        "IsADirectoryError", "KeyError", "KeyboardInterrupt", "LookupError", "MemoryError",
+        "ModuleNotFoundError", "NameError", "NotADirectoryError", "NotImplementedError",
+        "OSError", "OverflowError", "PendingDeprecationWarning", "PermissionError",
+        "ProcessLookupError", "RecursionError", "ReferenceError", "ResourceWarning",
+        "RuntimeError", "RuntimeWarning", "StopAsyncIteration", "StopIteration", "SyntaxError",
+        "SyntaxWarning", "SystemError", "SystemExit", "TabError", "TimeoutError", "TypeError",
+        "UnboundLocalError", "UnicodeDecodeError", "UnicodeEncodeError", "UnicodeError",
+        "UnicodeTranslateError", "UnicodeWarning", "UserWarning", "ValueError", "Warning",
+        "ZeroDivisionError"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcmp(t, names[i]) == 0)
+            return true;
+    return false;
+}
+
 static int encode_answer(mproc_rpc_wire wire, uint64_t msgid, int rc, const mproc_value *result,
                          const char *type, const char *msg, mproc_buf *out)
 {
     out->len = 0;
     if (wire == MPROC_RPC_PYTHON) {
-        mproc_value *e = rc ? mproc_value_error(type, msg) : NULL;
+        /* Only Python's own exception types can be unpickled as builtins.X */
+        mproc_value *e = NULL;
+        if (rc && !py_builtin_exception(type)) {
+            char m[400];
+            snprintf(m, sizeof m, "%s: %s", type, msg);
+            e = mproc_value_error("Exception", m);
+        } else if (rc) {
+            e = mproc_value_error(type, msg);
+        }
         if (rc && !e)
             return MPROC_ENOMEM;
         int r = py_wrap(rc ? e : result, out);
@@ -578,6 +612,7 @@ typedef struct srv_conn {
     struct mproc_rpc_server *s;
     mproc_connection *c;
     int fd;
+    atomic_bool busy; /* inside a call */
     rpc_stream st;
     struct srv_conn *prev, *next;
 } srv_conn;
@@ -595,6 +630,7 @@ struct mproc_rpc_server {
     srv_conn *conns;
     size_t nconns;
     char *address;     /* kept after stop closes the listener */
+    pthread_mutex_t stop_mu; /* one stop at a time (stop and free may race) */
     rpc_zmq_server *z; /* MPROC_RPC_ZMQ: everything is there, the rest unused */
 };
 
@@ -631,6 +667,7 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
         s->o.authkey = s->key;
     }
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->stop_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     /* The handshake runs on the connection's thread, so a stalled client
      * never holds up accept. */
@@ -643,6 +680,7 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
     }
     if (rc) {
         pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->stop_mu);
         pthread_cond_destroy(&s->cv);
         free(s->key);
         free(s);
@@ -708,7 +746,8 @@ int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const voi
     free(argv);
     int e = 0;
     if (r.kind == 0) {
-        const char *msg = rc ? mproc_errmsg() : "";
+        char msg[256]; /* a copy: encoding may record a message of its own */
+        snprintf(msg, sizeof msg, "%s", rc ? mproc_errmsg() : "");
         e = encode_answer(wire, r.msgid, rc, res, type, msg, out);
         if (e == 0 && out->len > max) {
             char m[128];
@@ -763,7 +802,11 @@ static void *conn_main(void *arg)
                 continue;
             }
             if (!rc)
+            {
+                atomic_store(&sc->busy, true);
                 rc = serve_frame(s, sc, p, len, &out);
+                atomic_store(&sc->busy, false);
+            }
             continue;
         }
         void *buf;
@@ -776,7 +819,9 @@ static void *conn_main(void *arg)
         }
         if (rc)
             break;
+        atomic_store(&sc->busy, true);
         rc = serve_frame(s, sc, buf, len, &out);
+        atomic_store(&sc->busy, false);
         free(buf);
     }
     mproc__buf_free(&out);
@@ -867,12 +912,20 @@ int mproc_rpc_server_start(mproc_rpc_server *s)
     return 0;
 }
 
+static int stop_locked(mproc_rpc_server *s, double timeout);
+
 int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout)
 {
     if (!s)
         return MPROC_EINVAL;
-    if (s->z)
-        return rpc__zmq_server_stop(s->z, timeout);
+    pthread_mutex_lock(&s->stop_mu); /* a second stop waits for the first */
+    int rc = s->z ? rpc__zmq_server_stop(s->z, timeout) : stop_locked(s, timeout);
+    pthread_mutex_unlock(&s->stop_mu);
+    return rc;
+}
+
+static int stop_locked(mproc_rpc_server *s, double timeout)
+{
     bool was = atomic_exchange(&s->stopping, true);
     if (s->started && !was)
         pthread_join(s->accept_thr, NULL);
@@ -888,9 +941,11 @@ int mproc_rpc_server_stop(mproc_rpc_server *s, double timeout)
     pthread_mutex_lock(&s->mu);
     while (s->nconns) {
         if (mproc_deadline_expired(d)) {
-            for (srv_conn *sc = s->conns; sc; sc = sc->next)
+            for (srv_conn *sc = s->conns; sc; sc = sc->next) {
+                if (atomic_load(&sc->busy))
+                    rc = MPROC_ETIMEDOUT; /* a call was cut, not just an idle client */
                 shutdown(sc->fd, SHUT_RDWR);
-            rc = MPROC_ETIMEDOUT;
+            }
             d = mproc_deadline_after(MPROC_FOREVER);
         }
         struct timespec ts;
@@ -912,6 +967,7 @@ void mproc_rpc_server_free(mproc_rpc_server *s)
     rpc__zmq_server_free(s->z);
     mproc_listener_close(s->l);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->stop_mu);
     pthread_cond_destroy(&s->cv);
     free(s->address);
     free(s->key);
@@ -974,9 +1030,11 @@ static int proxy_send(mproc_rpc_proxy *p, mproc_deadline d)
 {
     if (p->z)
         return rpc__zmq_send(p->z, p->out.data, p->out.len, d);
+    /* Bounded by the call's deadline too: a server that stopped reading
+     * must not hold a call forever (a partial send breaks the proxy). */
     if (p->transport == MPROC_RPC_STREAM)
-        return mproc_write_all(p->fd, p->out.data, p->out.len);
-    return mproc_connection_send_bytes(p->c, p->out.data, p->out.len);
+        return mproc__write_all_until(p->fd, p->out.data, p->out.len, d);
+    return mproc__conn_send_until(p->c, p->out.data, p->out.len, d);
 }
 
 /* The next answer: *buf malloc'd (free it). */
@@ -1093,6 +1151,9 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
             return mproc__fail(rc, "rpc: no ZeroMQ server took '%.200s' within the timeout",
                                method);
         p->broken = true;
+        if (rc == MPROC_ETIMEDOUT)
+            return mproc__fail(rc, "rpc: '%.200s' could not be sent within the timeout (the "
+                                   "server does not read); the proxy is closed", method);
         return rc == MPROC_EPIPE || rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
     }
     for (;;) {

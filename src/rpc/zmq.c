@@ -573,7 +573,9 @@ int rpc__zmq_connect(rpc_zmq_proxy **out, const char *address, size_t max_messag
      * absent server: with it, libzmq 4.3 drops an answer that arrived but
      * was not read yet when the server closes (seen at server stop). */
     z->sock = zmq_socket(z->ctx, ZMQ_DEALER);
-    if (!z->sock || set_int(z->sock, ZMQ_LINGER, 0)) {
+    int64_t maxm = (int64_t)max_message;
+    if (!z->sock || set_int(z->sock, ZMQ_LINGER, 0) ||
+        zmq_setsockopt(z->sock, ZMQ_MAXMSGSIZE, &maxm, sizeof maxm)) { /* a hostile server */
         rc = zfail("socket", NULL);
         goto fail;
     }
