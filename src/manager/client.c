@@ -150,14 +150,6 @@ static void cconn_close(cconn *cc)
     free(cc);
 }
 
-static bool peer_gone(int fd)
-{
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
-        return true;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
 
 static int recv_queues(cconn *cc)
 {
@@ -372,7 +364,7 @@ static int send_req(mproc_manager *m, cconn *cc)
         int rc = mproc_queue_put(cc->req, cc->buf.data, cc->buf.len, slice);
         if (rc != MPROC_ETIMEDOUT && rc != MPROC_EFULL)
             return rc;
-        if (peer_gone(cc->fd))
+        if (mgr_peer_gone(cc->fd))
             return MPROC_ECLOSED;
     }
 }
@@ -385,7 +377,7 @@ static int recv_rep(cconn *cc, void **buf, size_t *len)
         int rc = mproc_queue_get(cc->rep, buf, len, MGR_SLICE_S);
         if (rc != MPROC_ETIMEDOUT && rc != MPROC_EEMPTY)
             return rc;
-        if (peer_gone(cc->fd))
+        if (mgr_peer_gone(cc->fd))
             return MPROC_ECLOSED;
     }
 }

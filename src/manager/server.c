@@ -178,21 +178,12 @@ int mgr_fail(mgr_call *c, int code, const char *fmt, ...)
     return code;
 }
 
-/* The peer closed its end (or the socket failed). */
-static bool peer_gone(int fd)
-{
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
-        return true;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
 
 bool mgr_cancelled(mgr_call *c)
 {
     if (atomic_load(&c->srv->stopping))
         return true;
-    return c->conn && peer_gone(c->conn->fd);
+    return c->conn && mgr_peer_gone(c->conn->fd);
 }
 
 int mgr_sync_wait(mgr_call *c, mproc_deadline d)
@@ -1120,7 +1111,7 @@ static int send_reply(mgr_conn *cn, const mproc_buf *out)
         int rc = mproc_queue_put(cn->rep, out->data, out->len, mgr_put_slice(out->len));
         if (rc != MPROC_EFULL && rc != MPROC_ETIMEDOUT)
             return rc;
-        if (atomic_load(&cn->dead) || peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
+        if (atomic_load(&cn->dead) || mgr_peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
             return MPROC_ECLOSED;
     }
 }

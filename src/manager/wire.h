@@ -20,8 +20,11 @@
 #ifndef MPROC_MGR_WIRE_H
 #define MPROC_MGR_WIRE_H
 
+#include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 
@@ -57,6 +60,17 @@
 static inline double mgr_put_slice(size_t len)
 {
     return 0.1 + (double)len / 20e6;
+}
+
+/* The peer closed its end of the socket `fd` (or the socket failed): each
+ * side's liveness check while it waits on shared memory. */
+static inline bool mgr_peer_gone(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return true;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
 static inline int mgr_put_raw(mproc_buf *b, const void *p, size_t n)

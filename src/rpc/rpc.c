@@ -779,6 +779,18 @@ static int serve_frame(mproc_rpc_server *s, srv_conn *sc, const void *data, size
     return rc;
 }
 
+/* Take `sc` off the server's list of connections (s->mu held). */
+static void conn_unlink_locked(mproc_rpc_server *s, srv_conn *sc)
+{
+    if (sc->prev)
+        sc->prev->next = sc->next;
+    else
+        s->conns = sc->next;
+    if (sc->next)
+        sc->next->prev = sc->prev;
+    s->nconns--;
+}
+
 static void *conn_main(void *arg)
 {
     srv_conn *sc = arg;
@@ -827,13 +839,7 @@ static void *conn_main(void *arg)
     mproc__buf_free(&out);
     free(sc->st.buf);
     pthread_mutex_lock(&s->mu);
-    if (sc->prev)
-        sc->prev->next = sc->next;
-    else
-        s->conns = sc->next;
-    if (sc->next)
-        sc->next->prev = sc->prev;
-    s->nconns--;
+    conn_unlink_locked(s, sc);
     mproc_connection_close(sc->c);
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
@@ -881,13 +887,7 @@ static void *accept_main(void *arg)
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
         if (pthread_create(&th, &at, conn_main, sc) != 0) {
             pthread_mutex_lock(&s->mu);
-            if (sc->prev)
-                sc->prev->next = sc->next;
-            else
-                s->conns = sc->next;
-            if (sc->next)
-                sc->next->prev = sc->prev;
-            s->nconns--;
+            conn_unlink_locked(s, sc);
             pthread_mutex_unlock(&s->mu);
             mproc_connection_close(c);
             free(sc);
