@@ -734,16 +734,8 @@ int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const voi
     }
     mproc_value *res = NULL;
     const char *type = "";
-    size_t nargs = mproc_value_len(r.args);
-    mproc_value **argv = nargs ? malloc(nargs * sizeof *argv) : NULL;
-    if (nargs && !argv) {
-        req_free(&r);
-        return MPROC_ENOMEM;
-    }
-    for (size_t i = 0; i < nargs; i++)
-        argv[i] = mproc_value_at(r.args, i);
-    rc = mproc_rpc_handler_call(h, r.method, argv, nargs, r.kwargs, &res, &type);
-    free(argv);
+    /* the decoded list's own item array is the argv the function gets */
+    rc = mproc_rpc_handler_call(h, r.method, r.args->u.l.v, r.args->u.l.n, r.kwargs, &res, &type);
     int e = 0;
     if (r.kind == 0) {
         char msg[256]; /* a copy: encoding may record a message of its own */
