@@ -3,9 +3,11 @@
 #ifndef MPROC_INTERNAL_H
 #define MPROC_INTERNAL_H
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <pthread.h>
+#include <sys/socket.h>
 
 #include "mproc/core.h"
 #include "mproc/process.h"
@@ -213,6 +215,27 @@ void mproc__queue_set_spin(struct mproc_queue *q, int polls);
  * (a short gap notices it sooner) and the peer may need this very CPU
  * (more runnable threads than cores). */
 void mproc__queue_set_wait(struct mproc_queue *q, int spin_polls, int gap, int yield_polls);
+
+/* How long one queue put of `len` bytes may take before its caller looks
+ * whether the peer still lives: a message larger than the ring streams
+ * through it, and a put that times out midway is dropped whole (then
+ * retried), so big messages get a slice that covers their copy. */
+static inline double mproc__put_slice(size_t len)
+{
+    return 0.1 + (double)len / 20e6;
+}
+
+/* The peer closed its end of the socket `fd` (or the socket failed): the
+ * liveness check of a side that talks to its peer through shared memory
+ * while the socket stays quiet (manager and RPC). */
+static inline bool mproc__peer_gone(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0)
+        return true;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
 /* Registry of started children (for active_children and the exit handler). */
 void mproc__atexit_install(void);
 

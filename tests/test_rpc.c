@@ -353,6 +353,13 @@ static mproc_rpc_server *serve(mproc_rpc_handler *h, bool tcp, const mproc_rpc_s
     return s;
 }
 
+/* ctest runs this file twice: as is (local proxies move to shared memory)
+ * and with RPC_TEST_NO_SHM set (every call on the socket). */
+static bool no_shm(void)
+{
+    return getenv("RPC_TEST_NO_SHM") != NULL;
+}
+
 static int connect_like(mproc_rpc_proxy **p, const mproc_rpc_server *s,
                         const mproc_rpc_server_opts *o, size_t max_message)
 {
@@ -361,7 +368,8 @@ static int connect_like(mproc_rpc_proxy **p, const mproc_rpc_server *s,
                                .authkey = o->authkey,
                                .authkey_len = o->authkey_len,
                                .max_message = max_message,
-                               .connect_timeout = 10.0};
+                               .connect_timeout = 10.0,
+                               .no_shm = no_shm()};
     return mproc_rpc_connect(p, mproc_rpc_server_address(s), &po);
 }
 
@@ -785,7 +793,8 @@ MTEST(test_call_timeout_covers_a_send_the_server_never_reads)
     CHECK_OK(mproc_listener_new(&l, addr, NULL));
     for (int t = 0; t < 2; t++) {
         mproc_rpc_proxy_opts po = {.transport = t ? MPROC_RPC_STREAM : MPROC_RPC_CONNECTION,
-                                   .max_message = (size_t)64 << 20};
+                                   .max_message = (size_t)64 << 20,
+                                   .no_shm = true}; /* nobody would answer the question */
         mproc_rpc_proxy *p;
         CHECK_OK(mproc_rpc_connect(&p, mproc_listener_address(l), &po));
         mproc_value *args = list_of(1, big_str((size_t)8 << 20));
@@ -950,8 +959,11 @@ MTEST(test_mismatched_wire_or_transport_fails_cleanly)
         mproc_rpc_server_opts so = sopts(pairs[i].sw, pairs[i].st, false);
         mproc_rpc_server *s = serve(h, i % 2, &so);
         mproc_rpc_server_opts co = sopts(pairs[i].pw, pairs[i].pt, false);
-        mproc_rpc_proxy *p = proxy_for(s, &co);
-        int rc = call_rc(p, "add", ints2(2, 3), 10.0);
+        mproc_rpc_proxy *p = NULL;
+        /* fails at connect (the shared-memory question) or at the call */
+        int rc = connect_like(&p, s, &co, 0);
+        if (!rc)
+            rc = call_rc(p, "add", ints2(2, 3), 10.0);
         if (rc == 0 || rc == MPROC_ETIMEDOUT) {
             fprintf(stderr, "pair %zu: %s\n", i, mproc_errname(rc));
             CHECK(0);
@@ -1279,6 +1291,8 @@ static void scenario_max_connections(mproc_rpc_wire w, mproc_rpc_transport t, bo
         int rc = connect_like(&p3, s, &so, 0);
         if (key) {
             CHECK(rc != 0); /* closed during the handshake */
+        } else if (t == MPROC_RPC_CONNECTION && !no_shm()) {
+            CHECK_EQ(rc, MPROC_ECLOSED); /* closed before it answered the shm question */
         } else {
             CHECK_OK(rc);
             CHECK_EQ(call_rc(p3, "add", ints2(3, 3), 10.0), MPROC_ECLOSED);
@@ -1340,7 +1354,12 @@ MTEST(test_server_max_message_drops_oversized_request_and_keeps_serving)
         mproc_rpc_proxy *good = proxy_for(s, &so), *big;
         CHECK_OK(connect_like(&big, s, &so, 1 << 20));
         CHECK_EQ(call_int(good, "add", ints2(2, 3)), 5);
-        CHECK_EQ(call_rc(big, "echo", list_of(1, big_str(8000)), 10.0), MPROC_ECLOSED);
+        if (mproc_rpc_proxy_shm(big)) { /* the queue knows the limit: nothing is sent */
+            CHECK_EQ(call_rc(big, "echo", list_of(1, big_str(8000)), 10.0), MPROC_EMSGSIZE);
+            CHECK_EQ(call_int(big, "add", ints2(1, 1)), 2);
+        } else {
+            CHECK_EQ(call_rc(big, "echo", list_of(1, big_str(8000)), 10.0), MPROC_ECLOSED);
+        }
         CHECK_EQ(call_int(good, "add", ints2(2, 4)), 6);
         mproc_rpc_close(big);
         mproc_rpc_proxy *fresh = proxy_for(s, &so);

@@ -359,12 +359,12 @@ static int send_req(mproc_manager *m, cconn *cc)
     (void)m;
     if (!cc->req)
         return mproc_connection_send_bytes(cc->c, cc->buf.data, cc->buf.len);
-    double slice = mgr_put_slice(cc->buf.len);
+    double slice = mproc__put_slice(cc->buf.len);
     for (;;) {
         int rc = mproc_queue_put(cc->req, cc->buf.data, cc->buf.len, slice);
         if (rc != MPROC_ETIMEDOUT && rc != MPROC_EFULL)
             return rc;
-        if (mgr_peer_gone(cc->fd))
+        if (mproc__peer_gone(cc->fd))
             return MPROC_ECLOSED;
     }
 }
@@ -377,7 +377,7 @@ static int recv_rep(cconn *cc, void **buf, size_t *len)
         int rc = mproc_queue_get(cc->rep, buf, len, MGR_SLICE_S);
         if (rc != MPROC_ETIMEDOUT && rc != MPROC_EEMPTY)
             return rc;
-        if (mgr_peer_gone(cc->fd))
+        if (mproc__peer_gone(cc->fd))
             return MPROC_ECLOSED;
     }
 }

@@ -183,7 +183,7 @@ bool mgr_cancelled(mgr_call *c)
 {
     if (atomic_load(&c->srv->stopping))
         return true;
-    return c->conn && mgr_peer_gone(c->conn->fd);
+    return c->conn && mproc__peer_gone(c->conn->fd);
 }
 
 int mgr_sync_wait(mgr_call *c, mproc_deadline d)
@@ -1108,10 +1108,10 @@ static int send_reply(mgr_conn *cn, const mproc_buf *out)
     if (!cn->rep)
         return mproc_connection_send_bytes(cn->c, out->data, out->len);
     for (;;) {
-        int rc = mproc_queue_put(cn->rep, out->data, out->len, mgr_put_slice(out->len));
+        int rc = mproc_queue_put(cn->rep, out->data, out->len, mproc__put_slice(out->len));
         if (rc != MPROC_EFULL && rc != MPROC_ETIMEDOUT)
             return rc;
-        if (atomic_load(&cn->dead) || mgr_peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
+        if (atomic_load(&cn->dead) || mproc__peer_gone(cn->fd) || atomic_load(&cn->s->stopping))
             return MPROC_ECLOSED;
     }
 }

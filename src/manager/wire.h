@@ -53,26 +53,6 @@
 #define MGR_DISPATCH_POLLS 2000
 #define MGR_DISPATCH_GAP 2
 
-/* How long one put of `len` bytes may take before we look whether the peer
- * still lives: a message larger than the ring streams through it, and a put
- * that times out midway is dropped whole (then retried), so big messages
- * get a slice that covers their copy. */
-static inline double mgr_put_slice(size_t len)
-{
-    return 0.1 + (double)len / 20e6;
-}
-
-/* The peer closed its end of the socket `fd` (or the socket failed): each
- * side's liveness check while it waits on shared memory. */
-static inline bool mgr_peer_gone(int fd)
-{
-    char b;
-    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
-        return true;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
-
 static inline int mgr_put_raw(mproc_buf *b, const void *p, size_t n)
 {
     return mproc_buf_append(b, p, n);

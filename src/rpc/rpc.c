@@ -104,6 +104,9 @@ int mproc_rpc_handler_register(mproc_rpc_handler *h, const char *name, mproc_rpc
     if (!h || !name || !fn || !*name || strlen(name) > RPC_NAME_MAX)
         return mproc__fail(MPROC_EINVAL, "rpc: a function needs a name of 1 to %d bytes",
                            RPC_NAME_MAX);
+    if (strncmp(name, "mproc.", 6) == 0)
+        return mproc__fail(MPROC_EINVAL, "rpc: names starting \"mproc.\" are reserved ('%s')",
+                           name);
     char *copy = strdup(name);
     if (!copy)
         return MPROC_ENOMEM;
@@ -611,6 +614,7 @@ static int stream_next(rpc_stream *st, int fd, size_t max, mproc_deadline d, con
 typedef struct srv_conn {
     struct mproc_rpc_server *s;
     mproc_connection *c;
+    rpc_shm *shm; /* the client moved to shared memory */
     int fd;
     atomic_bool busy; /* inside a call */
     rpc_stream st;
@@ -771,6 +775,79 @@ static int serve_frame(mproc_rpc_server *s, srv_conn *sc, const void *data, size
     return rc;
 }
 
+/* The first frame of a connection may be a proxy's "mproc.shm" call: offer
+ * it the connection's queues and wait for its choice, a one-byte frame
+ * (1: moved, 0: stays on the socket). 0 to go on (on the socket, or with
+ * sc->shm set), else a code that closes the connection. *handled false when
+ * the frame is an ordinary request. */
+static int shm_handshake(mproc_rpc_server *s, srv_conn *sc, const void *data, size_t len,
+                         mproc_buf *out, bool *handled)
+{
+    *handled = false;
+    if (s->o.no_shm || s->o.transport != MPROC_RPC_CONNECTION)
+        return 0; /* rpc__answer says "no such function" */
+    rpc_req r;
+    if (decode_req(s->o.wire, data, len, &r) || r.kind != 0 ||
+        strcmp(r.method, RPC_SHM_METHOD) != 0) {
+        req_free(&r);
+        return 0;
+    }
+    *handled = true;
+    rpc_shm *ch = NULL;
+    mproc_value *offer = NULL;
+    int rc = rpc__shm_offer(sc->fd, s->o.max_message, &ch, &offer);
+    char msg[200];
+    snprintf(msg, sizeof msg, "no shared memory: %s", rc ? mproc_errmsg() : "");
+    rc = encode_answer(s->o.wire, r.msgid, rc, offer, "OSError", msg, out);
+    req_free(&r);
+    mproc_value_free(offer);
+    if (!rc)
+        rc = send_answer(s, sc, out);
+    void *choice = NULL;
+    size_t n = 0;
+    if (!rc && ch)
+        rc = mproc_connection_recv_bytes(sc->c, &choice, &n, 10.0);
+    if (!rc && ch && (n != 1 || ((uint8_t *)choice)[0] > 1))
+        rc = mproc__fail(MPROC_EPROTO, "rpc: bad answer to the shared-memory offer");
+    if (!rc && ch && ((uint8_t *)choice)[0] == 1) {
+        sc->shm = ch;
+        ch = NULL;
+    }
+    free(choice);
+    rpc__shm_free(ch);
+    return rc;
+}
+
+/* Serve a client that moved to shared memory until it leaves or the
+ * server stops. */
+static int serve_shm(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
+{
+    for (;;) {
+        const void *data;
+        size_t len;
+        int rc = rpc__shm_recv(sc->shm, mproc_deadline_after(RPC_SLICE_S), s->o.max_message,
+                               &data, &len);
+        if (rc == MPROC_ETIMEDOUT) {
+            if (atomic_load(&s->stopping))
+                return 0;
+            continue;
+        }
+        if (rc)
+            return rc;
+        bool answer;
+        atomic_store(&sc->busy, true);
+        rc = rpc__answer(s->h, s->o.wire, s->o.max_message, data, len, out, &answer);
+        if (answer) {
+            int e = rpc__shm_send(sc->shm, out->data, out->len, mproc_deadline_after(MPROC_FOREVER));
+            if (!rc)
+                rc = e;
+        }
+        atomic_store(&sc->busy, false);
+        if (rc)
+            return rc;
+    }
+}
+
 /* Take `sc` off the server's list of connections (s->mu held). */
 static void conn_unlink_locked(mproc_rpc_server *s, srv_conn *sc)
 {
@@ -795,7 +872,12 @@ static void *conn_main(void *arg)
         if (!rc)
             rc = mproc__auth_answer(sc->c, s->o.authkey, s->o.authkey_len, hd);
     }
+    bool first = true;
     while (!rc && !atomic_load(&s->stopping)) {
+        if (sc->shm) {
+            rc = serve_shm(s, sc, &out);
+            break;
+        }
         if (s->o.transport == MPROC_RPC_STREAM) {
             const uint8_t *p;
             size_t len;
@@ -823,11 +905,19 @@ static void *conn_main(void *arg)
         }
         if (rc)
             break;
-        atomic_store(&sc->busy, true);
-        rc = serve_frame(s, sc, buf, len, &out);
-        atomic_store(&sc->busy, false);
+        bool handled = false;
+        if (first) {
+            first = false;
+            rc = shm_handshake(s, sc, buf, len, &out, &handled);
+        }
+        if (!handled) {
+            atomic_store(&sc->busy, true);
+            rc = serve_frame(s, sc, buf, len, &out);
+            atomic_store(&sc->busy, false);
+        }
         free(buf);
     }
+    rpc__shm_free(sc->shm);
     mproc__buf_free(&out);
     free(sc->st.buf);
     pthread_mutex_lock(&s->mu);
@@ -980,7 +1070,62 @@ struct mproc_rpc_proxy {
     mproc_buf out;
     char exc_type[64];
     rpc_zmq_proxy *z; /* MPROC_RPC_ZMQ: the socket, instead of c/fd */
+    rpc_shm *shm;     /* calls go through shared memory (c stays open) */
 };
+
+static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *len);
+static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char *method,
+                       const mproc_value *args, const mproc_value *kwargs);
+
+/* Ask the server for shared memory ("mproc.shm") and take its queues when
+ * they can be opened here; stay on the socket otherwise. Errors only when
+ * the connection cannot go on. */
+static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
+{
+    mproc_value *args = mproc_value_list();
+    int rc = args ? encode_call(p, 0, p->next_id++, RPC_SHM_METHOD, args, NULL) : MPROC_ENOMEM;
+    mproc_value_free(args);
+    if (!rc)
+        rc = mproc__conn_send_until(p->c, p->out.data, p->out.len, d);
+    void *buf = NULL;
+    size_t len;
+    if (!rc)
+        rc = proxy_recv(p, d, &buf, &len);
+    if (rc == MPROC_ETIMEDOUT)
+        return mproc__fail(rc, "rpc: the server did not answer the shared-memory question "
+                               "within connect_timeout (no_shm skips it)");
+    if (rc == MPROC_ECONNRESET || rc == MPROC_EPIPE || rc == MPROC_ECLOSED)
+        return mproc__fail(MPROC_ECLOSED, "rpc: the server closed the connection (over its "
+                                          "max_connections?)");
+    if (rc)
+        return rc;
+    mproc_value *v = NULL, *offer = NULL;
+    rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(buf, len, &v)
+                                     : mproc_msgpack_decode(buf, len, NULL, &v);
+    free(buf);
+    if (rc)
+        return mproc__fail(MPROC_EPROTO, "rpc: malformed answer: %s", mproc_errmsg());
+    if (p->wire == MPROC_RPC_PYTHON)
+        offer = mproc_value_type(v) == MPROC_V_ERROR ? NULL : v;
+    else if (mproc_value_type(v) == MPROC_V_LIST && mproc_value_len(v) == 4 &&
+             mproc_value_type(mproc_value_at(v, 2)) == MPROC_V_NIL)
+        offer = mproc_value_at(v, 3);
+    if (!offer) { /* not an mproc server, or one that keeps us on the socket */
+        mproc_value_free(v);
+        return 0;
+    }
+    rpc_shm *ch = NULL;
+    int took = rpc__shm_take(p->fd, offer, &ch);
+    mproc_value_free(v);
+    uint8_t choice = took == 0;
+    rc = mproc__conn_send_until(p->c, &choice, 1, d);
+    if (!rc && ch) {
+        p->shm = ch;
+        ch = NULL;
+    }
+    rpc__shm_free(ch);
+    return rc;
+}
 
 int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rpc_proxy_opts *opts)
 {
@@ -1012,8 +1157,20 @@ int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rp
         return rc;
     }
     p->fd = p->z ? -1 : mproc_connection_fileno(p->c);
+    if (p->transport == MPROC_RPC_CONNECTION && !(opts && opts->no_shm)) {
+        double ct = opts && opts->connect_timeout > 0 ? opts->connect_timeout : 30.0;
+        if ((rc = proxy_ask_shm(p, mproc_deadline_after(ct))) != 0) {
+            mproc_rpc_close(p);
+            return rc;
+        }
+    }
     *out = p;
     return 0;
+}
+
+bool mproc_rpc_proxy_shm(const mproc_rpc_proxy *p)
+{
+    return p && p->shm;
 }
 
 /* `d` bounds only the ZeroMQ wait for room in its queue; the other
@@ -1022,6 +1179,8 @@ static int proxy_send(mproc_rpc_proxy *p, mproc_deadline d)
 {
     if (p->z)
         return rpc__zmq_send(p->z, p->out.data, p->out.len, d);
+    if (p->shm)
+        return rpc__shm_send(p->shm, p->out.data, p->out.len, d);
     /* Bounded by the call's deadline too: a server that stopped reading
      * must not hold a call forever (a partial send breaks the proxy). */
     if (p->transport == MPROC_RPC_STREAM)
@@ -1034,15 +1193,21 @@ static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *
 {
     if (p->z)
         return rpc__zmq_recv(p->z, d, buf, len);
+    const uint8_t *q;
+    size_t n;
+    int rc;
+    if (p->shm) {
+        if ((rc = rpc__shm_recv(p->shm, d, p->max_message, (const void **)&q, &n)) != 0)
+            return rc;
+        goto copy;
+    }
     if (p->transport != MPROC_RPC_STREAM) {
         spin_readable(p->c, RPC_SPIN_NS);
         return mproc_connection_recv_bytes(p->c, buf, len, mproc_deadline_remaining(d));
     }
-    const uint8_t *q;
-    size_t n;
-    int rc = stream_next(&p->st, p->fd, p->max_message, d, &q, &n);
-    if (rc)
+    if ((rc = stream_next(&p->st, p->fd, p->max_message, d, &q, &n)) != 0)
         return rc;
+copy:
     *buf = malloc(n ? n : 1);
     if (!*buf)
         return MPROC_ENOMEM;
@@ -1142,6 +1307,9 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
         if (p->z && rc == MPROC_ETIMEDOUT)
             return mproc__fail(rc, "rpc: no ZeroMQ server took '%.200s' within the timeout",
                                method);
+        if (p->shm && rc == MPROC_EMSGSIZE) /* nothing was sent */
+            return mproc__fail(rc, "rpc: the request (%zu bytes) exceeds the server's "
+                                   "max_message", p->out.len);
         p->broken = true;
         if (rc == MPROC_ETIMEDOUT)
             return mproc__fail(rc, "rpc: '%.200s' could not be sent within the timeout (the "
@@ -1234,6 +1402,7 @@ void mproc_rpc_close(mproc_rpc_proxy *p)
     if (!p)
         return;
     rpc__zmq_close(p->z);
+    rpc__shm_free(p->shm);
     mproc_connection_close(p->c);
     mproc__buf_free(&p->out);
     free(p->st.buf);

@@ -6,6 +6,7 @@
 
 #include "internal.h"
 #include "mproc/rpc.h"
+#include "mproc/value.h"
 
 /* Serve one request message of `wire` with `h`: decode, call, and encode
  * the answer into `out` (*answer true when there is one to send: not for
@@ -14,6 +15,27 @@
  * `max`: largest answer; a bigger result is answered with an error. */
 int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const void *data,
                 size_t len, mproc_buf *out, bool *answer);
+
+/* ------------------------------------------- shared memory (src/rpc/shm.c)
+ * The Connection transport's channel for a proxy on the server's machine. */
+#define RPC_SHM_METHOD "mproc.shm"
+typedef struct rpc_shm rpc_shm;
+
+/* Server: make a connection's two queues (messages up to `max_message`)
+ * and the offer that names them ([1, boot id, pid, [fd, dev, ino, export]
+ * x2]); `fd` is the connection's socket, watched for the client's end. */
+int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offer);
+/* Proxy: open the queues of an offer. MPROC_ENOSYS when the server runs on
+ * another machine; other codes when they cannot be opened (stay on the
+ * socket then). */
+int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out);
+/* Put one frame, waiting until `d` for room: 0, MPROC_ETIMEDOUT (not
+ * sent), MPROC_ECLOSED (the peer is gone), MPROC_EMSGSIZE. */
+int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d);
+/* The next frame (valid until the next recv): 0, MPROC_ETIMEDOUT,
+ * MPROC_ECLOSED, MPROC_EMSGSIZE (over `max`: dropped), MPROC_ENOMEM. */
+int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len);
+void rpc__shm_free(rpc_shm *ch); /* NULL ok */
 
 /* ------------------------------------------------ ZeroMQ (src/rpc/zmq.c)
  * The MPROC_RPC_ZMQ transport behind rpc.c's server and proxy. Built with

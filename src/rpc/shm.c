@@ -1,0 +1,270 @@
+/* shm.c — the shared-memory channel of the Connection transport.
+ *
+ * A proxy on the server's machine moves its calls off the socket: the
+ * server makes two queues for the connection (requests, answers), offers
+ * them as an answer to the reserved call "mproc.shm", and the proxy opens
+ * their memfds through /proc/<server pid>/fd/<n> — the same way for unix
+ * sockets and TCP, since only a process on the same kernel can. An offer
+ * names the server's boot id and each memfd's device and inode: a proxy on
+ * another machine (another boot id), in another pid namespace, or without
+ * the right to open the server's descriptors (another user, a non-dumpable
+ * server) sees a mismatch or an error and stays on the socket. Afterwards
+ * the socket carries nothing; each side watches it to learn that the other
+ * is gone.
+ *
+ * The frames on the queues are the wire's own (msgpack-rpc or pickles), so
+ * rpc.c serves them with rpc__answer as it serves socket frames. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "mproc/queue.h"
+#include "rpc_int.h"
+
+/* Waiting on a queue (see mproc__queue_set_wait). The proxy waits for an
+ * answer that the server thread, spinning on another core, gives within a
+ * microsecond or two; the server thread waits for the next call about
+ * 0.2 ms before it sleeps, so a caller in a loop never wakes a sleeper.
+ * Then both yield a while: with more busy threads than cores the other
+ * side may need this very core. */
+#define SHM_CALLER_POLLS 400
+#define SHM_CALLER_GAP 1
+#define SHM_SERVER_POLLS 2000
+#define SHM_SERVER_GAP 2
+#define SHM_YIELDS 50
+#define SHM_SLICE_S 0.1
+/* Ring of each queue: calls larger than it stream through it. */
+#define SHM_RING ((size_t)256 << 10)
+/* Receive buffer to start with; grows to the largest message seen. */
+#define SHM_BUF ((size_t)4096)
+
+struct rpc_shm {
+    mproc_queue *in, *out; /* server: in = requests; proxy: in = answers */
+    int fd;                /* the socket: quiet, watched for the peer's end */
+    uint8_t *buf;
+    size_t cap;
+};
+
+static int boot_id(char out[40])
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mproc__errno();
+    ssize_t n = read(fd, out, 39);
+    close(fd);
+    if (n < 32)
+        return MPROC_EPROTO;
+    out[n] = 0;
+    out[strcspn(out, "\n")] = 0;
+    return 0;
+}
+
+static rpc_shm *new_channel(int fd)
+{
+    rpc_shm *ch = calloc(1, sizeof *ch);
+    if (ch && !(ch->buf = malloc(SHM_BUF))) {
+        free(ch);
+        return NULL;
+    }
+    if (ch) {
+        ch->cap = SHM_BUF;
+        ch->fd = fd;
+    }
+    return ch;
+}
+
+void rpc__shm_free(rpc_shm *ch)
+{
+    if (!ch)
+        return;
+    mproc_queue_close(ch->in);
+    mproc_queue_close(ch->out);
+    free(ch->buf);
+    free(ch);
+}
+
+/* [fd, dev, ino, export] of one queue. */
+static int offer_queue(mproc_value *list, mproc_queue *q)
+{
+    mproc_buf e = {0};
+    int fds[4];
+    size_t nf = 0;
+    struct stat st;
+    int rc = mproc_queue_type.export_obj(q, &e, fds, &nf, 4);
+    if (!rc && (nf != 1 || fstat(fds[0], &st) < 0))
+        rc = mproc__fail(MPROC_EPROTO, "rpc: a queue is not one descriptor");
+    mproc_value *v = rc ? NULL : mproc_value_list();
+    if (!rc && (!v || mproc_value_append(v, mproc_value_int(fds[0])) ||
+                mproc_value_append(v, mproc_value_int((int64_t)st.st_dev)) ||
+                mproc_value_append(v, mproc_value_int((int64_t)st.st_ino)) ||
+                mproc_value_append(v, mproc_value_bytes(e.data, e.len)))) {
+        mproc_value_free(v);
+        rc = MPROC_ENOMEM;
+    } else if (!rc) {
+        rc = mproc_value_append(list, v); /* takes v, even on failure */
+    }
+    mproc__buf_free(&e);
+    return rc;
+}
+
+int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offer)
+{
+    *out = NULL;
+    *offer = NULL;
+    char bid[40];
+    int rc = boot_id(bid);
+    if (rc)
+        return rc;
+    rpc_shm *ch = new_channel(fd);
+    if (!ch)
+        return MPROC_ENOMEM;
+    mproc_queue_opts qo = {.capacity = SHM_RING, .max_message = max_message};
+    rc = mproc_simple_queue_new(&ch->in, &qo);
+    if (!rc)
+        rc = mproc_simple_queue_new(&ch->out, &qo);
+    mproc_value *v = rc ? NULL : mproc_value_list();
+    if (!rc && (!v || mproc_value_append(v, mproc_value_int(1)) ||
+                mproc_value_append(v, mproc_value_str(bid)) ||
+                mproc_value_append(v, mproc_value_int(getpid()))))
+        rc = MPROC_ENOMEM;
+    if (!rc)
+        rc = offer_queue(v, ch->in);
+    if (!rc)
+        rc = offer_queue(v, ch->out);
+    if (rc) {
+        mproc_value_free(v);
+        rpc__shm_free(ch);
+        return rc;
+    }
+    mproc__queue_set_wait(ch->in, SHM_SERVER_POLLS, SHM_SERVER_GAP, SHM_YIELDS);
+    *out = ch;
+    *offer = v;
+    return 0;
+}
+
+/* Open one queue of an offer: its memfd through /proc, checked to be the
+ * very object the server named. */
+static int take_queue(pid_t pid, const mproc_value *q, mproc_queue **out)
+{
+    mproc_value *vfd = mproc_value_at(q, 0), *vdev = mproc_value_at(q, 1),
+                *vino = mproc_value_at(q, 2), *vexp = mproc_value_at(q, 3);
+    if (mproc_value_type(q) != MPROC_V_LIST || mproc_value_len(q) != 4 ||
+        mproc_value_type(vfd) != MPROC_V_INT || mproc_value_type(vdev) != MPROC_V_INT ||
+        mproc_value_type(vino) != MPROC_V_INT || mproc_value_type(vexp) != MPROC_V_BYTES)
+        return mproc__fail(MPROC_EPROTO, "rpc: malformed shared-memory offer");
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%lld", (int)pid, (long long)mproc_value_as_int(vfd));
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return mproc__fail(mproc__errno(), "rpc: cannot open the server's queue (%s)", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (int64_t)st.st_dev != mproc_value_as_int(vdev) ||
+        (int64_t)st.st_ino != mproc_value_as_int(vino)) {
+        close(fd);
+        return mproc__fail(MPROC_EPROTO, "rpc: %s is not the server's queue", path);
+    }
+    size_t n;
+    const void *e = mproc_value_as_bytes(vexp, &n);
+    void *obj;
+    int rc = mproc_queue_type.import_obj(e, n, &fd, 1, &obj);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    *out = obj; /* the import closed fd */
+    return 0;
+}
+
+int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out)
+{
+    *out = NULL;
+    char bid[40];
+    mproc_value *ver = mproc_value_at(offer, 0), *vbid = mproc_value_at(offer, 1),
+                *vpid = mproc_value_at(offer, 2);
+    if (mproc_value_type(offer) != MPROC_V_LIST || mproc_value_len(offer) != 5 ||
+        mproc_value_type(ver) != MPROC_V_INT || mproc_value_as_int(ver) != 1 ||
+        mproc_value_type(vbid) != MPROC_V_STR || mproc_value_type(vpid) != MPROC_V_INT ||
+        mproc_value_as_int(vpid) <= 0 || mproc_value_as_int(vpid) > INT32_MAX)
+        return mproc__fail(MPROC_EPROTO, "rpc: malformed shared-memory offer");
+    int rc = boot_id(bid);
+    if (rc)
+        return rc;
+    if (strcmp(bid, mproc_value_as_str(vbid, NULL)) != 0)
+        return mproc__fail(MPROC_ENOSYS, "rpc: the server runs on another machine");
+    rpc_shm *ch = new_channel(fd);
+    if (!ch)
+        return MPROC_ENOMEM;
+    pid_t pid = (pid_t)mproc_value_as_int(vpid);
+    /* the server's requests are our out, its answers our in */
+    rc = take_queue(pid, mproc_value_at(offer, 3), &ch->out);
+    if (!rc)
+        rc = take_queue(pid, mproc_value_at(offer, 4), &ch->in);
+    if (rc) {
+        rpc__shm_free(ch);
+        return rc;
+    }
+    mproc__queue_set_wait(ch->in, SHM_CALLER_POLLS, SHM_CALLER_GAP, SHM_YIELDS);
+    *out = ch;
+    return 0;
+}
+
+int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d)
+{
+    double slice = mproc__put_slice(len);
+    for (;;) {
+        double left = mproc_deadline_remaining(d);
+        int rc = mproc_queue_put(ch->out, data, len, left < slice ? left : slice);
+        if (rc != MPROC_ETIMEDOUT)
+            return rc;
+        if (mproc__peer_gone(ch->fd))
+            return mproc__fail(MPROC_ECLOSED, "rpc: the other side closed the connection");
+        if (mproc_deadline_expired(d))
+            return rc;
+    }
+}
+
+int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len)
+{
+    for (;;) {
+        double left = mproc_deadline_remaining(d);
+        int rc = mproc_queue_get_into(ch->in, ch->buf, ch->cap, len,
+                                      left < SHM_SLICE_S ? left : SHM_SLICE_S);
+        if (rc == 0 && *len > max)
+            return mproc__fail(MPROC_EMSGSIZE, "rpc: a message of %zu bytes exceeds max_message (%zu)",
+                               *len, max);
+        if (rc == 0) {
+            *data = ch->buf;
+            return 0;
+        }
+        if (rc == MPROC_EMSGSIZE && *len > max) {
+            /* over our limit: take it off the queue and say so */
+            void *junk;
+            size_t n;
+            if (mproc_queue_get(ch->in, &junk, &n, SHM_SLICE_S) == 0)
+                free(junk);
+            return mproc__fail(MPROC_EMSGSIZE, "rpc: a message of %zu bytes exceeds max_message (%zu)",
+                               *len, max);
+        }
+        if (rc == MPROC_EMSGSIZE) { /* grow and take it */
+            size_t ncap = ch->cap;
+            while (ncap < *len)
+                ncap *= 2;
+            uint8_t *nb = realloc(ch->buf, ncap);
+            if (!nb)
+                return MPROC_ENOMEM;
+            ch->buf = nb;
+            ch->cap = ncap;
+            continue;
+        }
+        if (rc != MPROC_ETIMEDOUT)
+            return rc;
+        if (mproc__peer_gone(ch->fd))
+            return mproc__fail(MPROC_ECLOSED, "rpc: the other side closed the connection");
+        if (mproc_deadline_expired(d))
+            return rc;
+    }
+}
