@@ -90,4 +90,66 @@ const char *mproc__py_type_name(const mproc_value *v);
 /* Shortest round-trip repr of a double, Python style ("1.0", "1e+16", "inf"). */
 void mproc__float_repr(double d, char *buf, size_t len);
 
+/* MessagePack headers written by hand, for protocol code that frames
+ * values without building a tree (manager and RPC wires). Append to `b`. */
+static inline int mproc__mp_raw(mproc_buf *b, const void *p, size_t n)
+{
+    return mproc_buf_append(b, p, n);
+}
+
+static inline int mproc__mp_array(mproc_buf *b, uint32_t n)
+{
+    uint8_t h[5];
+    if (n < 16) {
+        h[0] = (uint8_t)(0x90 | n);
+        return mproc__mp_raw(b, h, 1);
+    }
+    h[0] = 0xdd;
+    h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
+    return mproc__mp_raw(b, h, 5);
+}
+
+static inline int mproc__mp_int(mproc_buf *b, int64_t v)
+{
+    uint8_t h[9];
+    if (v >= 0 && v < 128) {
+        h[0] = (uint8_t)v;
+        return mproc__mp_raw(b, h, 1);
+    }
+    if (v < 0 && v >= -32) {
+        h[0] = (uint8_t)(int8_t)v;
+        return mproc__mp_raw(b, h, 1);
+    }
+    uint64_t u = (uint64_t)v;
+    h[0] = v < 0 ? 0xd3 : 0xcf;
+    for (int i = 0; i < 8; i++)
+        h[1 + i] = (uint8_t)(u >> (56 - 8 * i));
+    return mproc__mp_raw(b, h, 9);
+}
+
+static inline int mproc__mp_str(mproc_buf *b, const char *s, size_t n)
+{
+    uint8_t h[5];
+    size_t hl;
+    if (n < 32) {
+        h[0] = (uint8_t)(0xa0 | n);
+        hl = 1;
+    } else if (n < 256) {
+        h[0] = 0xd9, h[1] = (uint8_t)n;
+        hl = 2;
+    } else {
+        h[0] = 0xdb;
+        h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
+        hl = 5;
+    }
+    int rc = mproc__mp_raw(b, h, hl);
+    return rc ? rc : mproc__mp_raw(b, s, n);
+}
+
+static inline int mproc__mp_nil(mproc_buf *b)
+{
+    uint8_t h = 0xc0;
+    return mproc__mp_raw(b, &h, 1);
+}
+
 #endif

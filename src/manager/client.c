@@ -230,17 +230,17 @@ static int cconn_open(mproc_manager *m, uint64_t session, cconn **out)
     cc->fd = mproc_connection_fileno(cc->c);
     mgr__keepalive(cc->fd);
     mproc_buf *b = &cc->buf;
-    rc = mgr_put_array(b, 5);
+    rc = mproc__mp_array(b, 5);
     if (!rc)
-        rc = mgr_put_str(b, MGR_MAGIC, strlen(MGR_MAGIC));
+        rc = mproc__mp_str(b, MGR_MAGIC, strlen(MGR_MAGIC));
     if (!rc)
-        rc = mgr_put_int(b, MGR_PROTO);
+        rc = mproc__mp_int(b, MGR_PROTO);
     if (!rc)
-        rc = mgr_put_int(b, (int64_t)session);
+        rc = mproc__mp_int(b, (int64_t)session);
     if (!rc)
-        rc = mgr_put_raw(b, m->shm ? "\xc3" : "\xc2", 1);
+        rc = mproc__mp_raw(b, m->shm ? "\xc3" : "\xc2", 1);
     if (!rc)
-        rc = mgr_put_int(b, my_pid());
+        rc = mproc__mp_int(b, my_pid());
     if (!rc)
         rc = mproc_connection_send_bytes(cc->c, b->data, b->len);
     void *rep = NULL;
@@ -399,19 +399,19 @@ static int rpc(mproc_manager *m, uint64_t id, const char *method, const mproc_va
                    : rc;
     mproc_buf *b = &cc->buf;
     b->len = 0;
-    rc = mgr_put_array(b, cc->req ? 5 : 4);
+    rc = mproc__mp_array(b, cc->req ? 5 : 4);
     if (!rc)
-        rc = mgr_put_int(b, (int64_t)id);
+        rc = mproc__mp_int(b, (int64_t)id);
     if (!rc)
-        rc = mgr_put_str(b, method, strlen(method));
+        rc = mproc__mp_str(b, method, strlen(method));
     if (!rc)
-        rc = mgr_put_array(b, (uint32_t)argc);
+        rc = mproc__mp_array(b, (uint32_t)argc);
     for (size_t i = 0; i < argc && !rc; i++)
-        rc = argv[i] ? mproc_msgpack_encode(argv[i], b) : mgr_put_nil(b);
+        rc = argv[i] ? mproc_msgpack_encode(argv[i], b) : mproc__mp_nil(b);
     if (!rc)
-        rc = mgr_put_int(b, mproc__tid());
+        rc = mproc__mp_int(b, mproc__tid());
     if (!rc && cc->req)
-        rc = mgr_put_int(b, cc->key);
+        rc = mproc__mp_int(b, cc->key);
     if (!rc && b->len > cc->max_request)
         rc = mproc__fail(MPROC_EMSGSIZE, "manager: the request (%zu bytes) exceeds max_message (%zu)",
                          b->len, cc->max_request);
@@ -1229,6 +1229,8 @@ static mproc_value *i64(int64_t i) { return mproc_value_int(i); }
 static int call_tmp(mproc_proxy *p, const char *method, mproc_value *tmp, const mproc_value *extra,
                     mproc_value **r)
 {
+    if (r)
+        *r = NULL;
     if (!tmp)
         return MPROC_ENOMEM;
     int rc = extra ? pcall(p, method, A(tmp, extra), 2, r) : pcall(p, method, A(tmp), 1, r);

@@ -994,11 +994,11 @@ static int encode_reply(mproc_buf *out, int rc, const mproc_value *result, const
                         size_t max)
 {
     out->len = 0;
-    int e = mgr_put_array(out, 2);
+    int e = mproc__mp_array(out, 2);
     if (!e && rc == 0) {
-        e = mgr_put_int(out, 0);
+        e = mproc__mp_int(out, 0);
         if (!e)
-            e = result ? mproc_msgpack_encode(result, out) : mgr_put_nil(out);
+            e = result ? mproc_msgpack_encode(result, out) : mproc__mp_nil(out);
         if (!e && out->len > max) {
             char m[128];
             snprintf(m, sizeof m, "the reply (%zu bytes) exceeds max_message (%zu)", out->len, max);
@@ -1012,9 +1012,9 @@ static int encode_reply(mproc_buf *out, int rc, const mproc_value *result, const
         return 0;
     }
     if (!e)
-        e = mgr_put_int(out, rc);
+        e = mproc__mp_int(out, rc);
     if (!e)
-        e = mgr_put_str(out, msg, strlen(msg));
+        e = mproc__mp_str(out, msg, strlen(msg));
     return e;
 }
 
@@ -1327,11 +1327,11 @@ static void *conn_main(void *arg)
     }
     if (!rc) {
         cn->out.len = 0;
-        mgr_put_array(&cn->out, 4);
-        mgr_put_int(&cn->out, 0);
-        mgr_put_int(&cn->out, getpid());
-        mgr_put_int(&cn->out, (int64_t)cn->key);
-        mgr_put_int(&cn->out, (int64_t)s->cfg.max_message);
+        mproc__mp_array(&cn->out, 4);
+        mproc__mp_int(&cn->out, 0);
+        mproc__mp_int(&cn->out, getpid());
+        mproc__mp_int(&cn->out, (int64_t)cn->key);
+        mproc__mp_int(&cn->out, (int64_t)s->cfg.max_message);
         rc = mproc_connection_send_bytes(cn->c, cn->out.data, cn->out.len);
         if (!rc && want_shm)
             rc = send_queues(cn);
@@ -1503,9 +1503,9 @@ int mgr__config_decode(const void *p, size_t n, mgr_config *c)
 static void report(mproc_connection *ready, int rc, const char *text)
 {
     mproc_buf b = {0};
-    mgr_put_array(&b, 2);
-    mgr_put_int(&b, rc);
-    mgr_put_str(&b, text, strlen(text));
+    mproc__mp_array(&b, 2);
+    mproc__mp_int(&b, rc);
+    mproc__mp_str(&b, text, strlen(text));
     mproc_connection_send_bytes(ready, b.data, b.len);
     mproc__buf_free(&b);
 }

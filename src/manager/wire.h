@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "../codec/codec_int.h"
 #include "internal.h"
 
 #define MGR_MAGIC "mproc-manager"
@@ -52,66 +53,6 @@
 #define MGR_YIELD_POLLS 50
 #define MGR_DISPATCH_POLLS 2000
 #define MGR_DISPATCH_GAP 2
-
-static inline int mgr_put_raw(mproc_buf *b, const void *p, size_t n)
-{
-    return mproc_buf_append(b, p, n);
-}
-
-static inline int mgr_put_array(mproc_buf *b, uint32_t n)
-{
-    uint8_t h[5];
-    if (n < 16) {
-        h[0] = (uint8_t)(0x90 | n);
-        return mgr_put_raw(b, h, 1);
-    }
-    h[0] = 0xdd;
-    h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
-    return mgr_put_raw(b, h, 5);
-}
-
-static inline int mgr_put_int(mproc_buf *b, int64_t v)
-{
-    uint8_t h[9];
-    if (v >= 0 && v < 128) {
-        h[0] = (uint8_t)v;
-        return mgr_put_raw(b, h, 1);
-    }
-    if (v < 0 && v >= -32) {
-        h[0] = (uint8_t)(int8_t)v;
-        return mgr_put_raw(b, h, 1);
-    }
-    uint64_t u = (uint64_t)v;
-    h[0] = v < 0 ? 0xd3 : 0xcf;
-    for (int i = 0; i < 8; i++)
-        h[1 + i] = (uint8_t)(u >> (56 - 8 * i));
-    return mgr_put_raw(b, h, 9);
-}
-
-static inline int mgr_put_str(mproc_buf *b, const char *s, size_t n)
-{
-    uint8_t h[5];
-    size_t hl;
-    if (n < 32) {
-        h[0] = (uint8_t)(0xa0 | n);
-        hl = 1;
-    } else if (n < 256) {
-        h[0] = 0xd9, h[1] = (uint8_t)n;
-        hl = 2;
-    } else {
-        h[0] = 0xdb;
-        h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16), h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n;
-        hl = 5;
-    }
-    int rc = mgr_put_raw(b, h, hl);
-    return rc ? rc : mgr_put_raw(b, s, n);
-}
-
-static inline int mgr_put_nil(mproc_buf *b)
-{
-    uint8_t h = 0xc0;
-    return mgr_put_raw(b, &h, 1);
-}
 
 /* Ref payload: 8-byte big-endian id + typeid. */
 static inline size_t mgr_ref_payload(uint8_t *out, uint64_t id, const char *typeid)

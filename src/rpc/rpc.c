@@ -392,26 +392,25 @@ static int encode_answer(mproc_rpc_wire wire, uint64_t msgid, int rc, const mpro
         }
         return r;
     }
-    mproc_value *resp = mproc_value_list();
-    mproc_value *err = NULL;
-    if (!resp)
-        return MPROC_ENOMEM;
-    if (rc) {
-        err = mproc_value_list();
-        if (err) {
-            mproc_value_append(err, mproc_value_str(type));
-            mproc_value_append(err, mproc_value_str(msg));
-        }
-    }
-    int r = 0;
-    if (mproc_value_append(resp, mproc_value_int(1)) ||
-        mproc_value_append(resp, mproc_value_int((int64_t)msgid)) ||
-        mproc_value_append(resp, err ? err : mproc_value_nil()) ||
-        mproc_value_append(resp, rc || !result ? mproc_value_nil() : mproc_value_copy(result)))
-        r = MPROC_ENOMEM;
+    /* [1, msgid, error, result], framed by hand around the result */
+    int r = mproc__mp_array(out, 4);
     if (!r)
-        r = mproc_msgpack_encode(resp, out);
-    mproc_value_free(resp);
+        r = mproc__mp_int(out, 1);
+    if (!r)
+        r = mproc__mp_int(out, (int64_t)msgid);
+    if (!r && rc) {
+        r = mproc__mp_array(out, 2);
+        if (!r)
+            r = mproc__mp_str(out, type, strlen(type));
+        if (!r)
+            r = mproc__mp_str(out, msg, strlen(msg));
+        if (!r)
+            r = mproc__mp_nil(out);
+    } else if (!r) {
+        r = mproc__mp_nil(out);
+        if (!r)
+            r = result ? mproc_msgpack_encode(result, out) : mproc__mp_nil(out);
+    }
     return r;
 }
 
@@ -636,6 +635,8 @@ struct mproc_rpc_server {
     char *address;     /* kept after stop closes the listener */
     pthread_mutex_t stop_mu; /* one stop at a time (stop and free may race) */
     rpc_zmq_server *z; /* MPROC_RPC_ZMQ: everything is there, the rest unused */
+    atomic_long nshm;  /* connections moved to shared memory */
+    long ncpu;         /* online CPUs when the server was made */
 };
 
 int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
@@ -655,6 +656,7 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
     if (!s)
         return MPROC_ENOMEM;
     s->h = h;
+    s->ncpu = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
     if (opts)
         s->o = *opts;
     if (!s->o.max_message)
@@ -818,34 +820,48 @@ static int shm_handshake(mproc_rpc_server *s, srv_conn *sc, const void *data, si
     return rc;
 }
 
+static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out);
+
 /* Serve a client that moved to shared memory until it leaves or the
  * server stops. */
 static int serve_shm(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
 {
-    for (;;) {
-        const void *data;
-        size_t len;
-        int rc = rpc__shm_recv(sc->shm, mproc_deadline_after(RPC_SLICE_S), s->o.max_message,
-                               &data, &len);
-        if (rc == MPROC_ETIMEDOUT) {
-            if (atomic_load(&s->stopping))
-                return 0;
-            continue;
-        }
-        if (rc)
-            return rc;
-        bool answer;
-        atomic_store(&sc->busy, true);
-        rc = rpc__answer(s->h, s->o.wire, s->o.max_message, data, len, out, &answer);
-        if (answer) {
-            int e = rpc__shm_send(sc->shm, out->data, out->len, mproc_deadline_after(MPROC_FOREVER));
-            if (!rc)
-                rc = e;
-        }
-        atomic_store(&sc->busy, false);
-        if (rc)
-            return rc;
+    atomic_fetch_add(&s->nshm, 1);
+    int rc = 0;
+    int spin = -1;
+    while (!rc) {
+        /* spin while every client (and its server thread) can have a core */
+        int want = atomic_load(&s->nshm) * 2 <= s->ncpu + 1;
+        if (want != spin)
+            rpc__shm_set_spin(sc->shm, (spin = want));
+        rc = serve_shm_one(s, sc, out);
     }
+    atomic_fetch_sub(&s->nshm, 1);
+    return rc == MPROC_ESTATE ? 0 : rc;
+}
+
+/* One call, or a slice without one: 0 to go on, MPROC_ESTATE when the
+ * server stops, else a code that ends the connection. */
+static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
+{
+    const void *data;
+    size_t len;
+    int rc = rpc__shm_recv(sc->shm, mproc_deadline_after(RPC_SLICE_S), s->o.max_message, &data,
+                           &len);
+    if (rc == MPROC_ETIMEDOUT)
+        return atomic_load(&s->stopping) ? MPROC_ESTATE : 0;
+    if (rc)
+        return rc;
+    bool answer;
+    atomic_store(&sc->busy, true);
+    rc = rpc__answer(s->h, s->o.wire, s->o.max_message, data, len, out, &answer);
+    if (answer) {
+        int e = rpc__shm_send(sc->shm, out->data, out->len, mproc_deadline_after(MPROC_FOREVER));
+        if (!rc)
+            rc = e;
+    }
+    atomic_store(&sc->busy, false);
+    return rc;
 }
 
 /* Take `sc` off the server's list of connections (s->mu held). */
@@ -1073,7 +1089,10 @@ struct mproc_rpc_proxy {
     rpc_shm *shm;     /* calls go through shared memory (c stays open) */
 };
 
-static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *len);
+/* The next answer, valid until the next receive: *data points into the
+ * transport's buffer, or into *owned (malloc'd: free it; NULL if not). */
+static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, const void **data, size_t *len,
+                      void **owned);
 static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char *method,
                        const mproc_value *args, const mproc_value *kwargs);
 
@@ -1088,9 +1107,10 @@ static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
     if (!rc)
         rc = mproc__conn_send_until(p->c, p->out.data, p->out.len, d);
     void *buf = NULL;
+    const void *data = NULL;
     size_t len;
     if (!rc)
-        rc = proxy_recv(p, d, &buf, &len);
+        rc = proxy_recv(p, d, &data, &len, &buf);
     if (rc == MPROC_ETIMEDOUT)
         return mproc__fail(rc, "rpc: the server did not answer the shared-memory question "
                                "within connect_timeout (no_shm skips it)");
@@ -1100,8 +1120,8 @@ static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
     if (rc)
         return rc;
     mproc_value *v = NULL, *offer = NULL;
-    rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(buf, len, &v)
-                                     : mproc_msgpack_decode(buf, len, NULL, &v);
+    rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(data, len, &v)
+                                     : mproc_msgpack_decode(data, len, NULL, &v);
     free(buf);
     if (rc)
         return mproc__fail(MPROC_EPROTO, "rpc: malformed answer: %s", mproc_errmsg());
@@ -1188,32 +1208,27 @@ static int proxy_send(mproc_rpc_proxy *p, mproc_deadline d)
     return mproc__conn_send_until(p->c, p->out.data, p->out.len, d);
 }
 
-/* The next answer: *buf malloc'd (free it). */
-static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, void **buf, size_t *len)
+static int proxy_recv(mproc_rpc_proxy *p, mproc_deadline d, const void **data, size_t *len,
+                      void **owned)
 {
-    if (p->z)
-        return rpc__zmq_recv(p->z, d, buf, len);
-    const uint8_t *q;
-    size_t n;
+    *owned = NULL;
     int rc;
-    if (p->shm) {
-        if ((rc = rpc__shm_recv(p->shm, d, p->max_message, (const void **)&q, &n)) != 0)
-            return rc;
-        goto copy;
-    }
-    if (p->transport != MPROC_RPC_STREAM) {
-        spin_readable(p->c, RPC_SPIN_NS);
-        return mproc_connection_recv_bytes(p->c, buf, len, mproc_deadline_remaining(d));
-    }
-    if ((rc = stream_next(&p->st, p->fd, p->max_message, d, &q, &n)) != 0)
+    if (p->shm)
+        return rpc__shm_recv(p->shm, d, p->max_message, data, len);
+    if (p->transport == MPROC_RPC_STREAM) {
+        const uint8_t *q;
+        if ((rc = stream_next(&p->st, p->fd, p->max_message, d, &q, len)) == 0)
+            *data = q;
         return rc;
-copy:
-    *buf = malloc(n ? n : 1);
-    if (!*buf)
-        return MPROC_ENOMEM;
-    memcpy(*buf, q, n);
-    *len = n;
-    return 0;
+    }
+    if (p->z) {
+        rc = rpc__zmq_recv(p->z, d, owned, len);
+    } else {
+        spin_readable(p->c, RPC_SPIN_NS);
+        rc = mproc_connection_recv_bytes(p->c, owned, len, mproc_deadline_remaining(d));
+    }
+    *data = *owned;
+    return rc;
 }
 
 const char *mproc_rpc_proxy_error_type(const mproc_rpc_proxy *p)
@@ -1224,28 +1239,33 @@ const char *mproc_rpc_proxy_error_type(const mproc_rpc_proxy *p)
 static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char *method,
                        const mproc_value *args, const mproc_value *kwargs)
 {
+    if (p->wire != MPROC_RPC_PYTHON) {
+        /* [0, msgid, method, params] / [2, method, params], framed by hand */
+        mproc_buf *b = &p->out;
+        int rc = mproc__mp_array(b, kind == 0 ? 4 : 3);
+        if (!rc)
+            rc = mproc__mp_int(b, kind);
+        if (!rc && kind == 0)
+            rc = mproc__mp_int(b, msgid);
+        if (!rc)
+            rc = mproc__mp_str(b, method, strlen(method));
+        if (!rc)
+            rc = args ? mproc_msgpack_encode(args, b) : mproc__mp_array(b, 0);
+        return rc;
+    }
     mproc_value *m = mproc_value_list();
     if (!m)
         return MPROC_ENOMEM;
     mproc_value *a = args ? mproc_value_copy(args) : mproc_value_list();
+    mproc_value *k = kwargs ? mproc_value_copy(kwargs) : mproc_value_map();
     int rc = 0;
-    if (p->wire == MPROC_RPC_PYTHON) {
-        mproc_value *k = kwargs ? mproc_value_copy(kwargs) : mproc_value_map();
-        if (mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a) ||
-            mproc_value_append(m, k))
-            rc = MPROC_ENOMEM;
-        /* a tuple on the Python side: our LIST pickles as a list, which
-         * unpacks the same in `name, args, kwargs = ...` */
-        if (!rc)
-            rc = py_wrap(m, &p->out);
-    } else {
-        if (mproc_value_append(m, mproc_value_int(kind)) ||
-            (kind == 0 && mproc_value_append(m, mproc_value_int(msgid))) ||
-            mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a))
-            rc = MPROC_ENOMEM;
-        if (!rc)
-            rc = mproc_msgpack_encode(m, &p->out);
-    }
+    if (mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a) ||
+        mproc_value_append(m, k))
+        rc = MPROC_ENOMEM;
+    /* a tuple on the Python side: our LIST pickles as a list, which
+     * unpacks the same in `name, args, kwargs = ...` */
+    if (!rc)
+        rc = py_wrap(m, &p->out);
     mproc_value_free(m);
     return rc;
 }
@@ -1318,8 +1338,9 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
     }
     for (;;) {
         void *buf;
+        const void *data;
         size_t len;
-        rc = proxy_recv(p, d, &buf, &len);
+        rc = proxy_recv(p, d, &data, &len, &buf);
         if (rc) {
             /* msgpack-rpc skips a late answer by its msgid; the Python wire
              * cannot tell answers apart, so the connection is done. */
@@ -1330,8 +1351,8 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
             return rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
         }
         mproc_value *v = NULL;
-        rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(buf, len, &v)
-                                         : mproc_msgpack_decode(buf, len, NULL, &v);
+        rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(data, len, &v)
+                                         : mproc_msgpack_decode(data, len, NULL, &v);
         free(buf);
         if (rc) {
             p->broken = true;

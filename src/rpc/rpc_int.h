@@ -29,6 +29,9 @@ int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offe
  * another machine; other codes when they cannot be opened (stay on the
  * socket then). */
 int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out);
+/* Server: whether the connection's thread polls for the next call before
+ * it sleeps (yes while the machine has a core for each client). */
+void rpc__shm_set_spin(rpc_shm *ch, bool spin);
 /* Put one frame, waiting until `d` for room: 0, MPROC_ETIMEDOUT (not
  * sent), MPROC_ECLOSED (the peer is gone), MPROC_EMSGSIZE. */
 int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d);

@@ -36,6 +36,9 @@
 #define SHM_SERVER_POLLS 2000
 #define SHM_SERVER_GAP 2
 #define SHM_YIELDS 50
+/* With more clients than cores a spinning server thread only takes the
+ * core a client needs: it yields a few times, then sleeps. */
+#define SHM_CROWD_YIELDS 4
 #define SHM_SLICE_S 0.1
 /* Ring of each queue: calls larger than it stream through it. */
 #define SHM_RING ((size_t)256 << 10)
@@ -210,6 +213,14 @@ int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out)
     mproc__queue_set_wait(ch->in, SHM_CALLER_POLLS, SHM_CALLER_GAP, SHM_YIELDS);
     *out = ch;
     return 0;
+}
+
+void rpc__shm_set_spin(rpc_shm *ch, bool spin)
+{
+    if (spin)
+        mproc__queue_set_wait(ch->in, SHM_SERVER_POLLS, SHM_SERVER_GAP, SHM_YIELDS);
+    else
+        mproc__queue_set_wait(ch->in, 0, SHM_SERVER_GAP, SHM_CROWD_YIELDS);
 }
 
 int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d)
