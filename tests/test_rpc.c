@@ -3,6 +3,7 @@
  * and an independent python3-msgpack client, a load test and malformed input. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -1053,6 +1054,47 @@ MTEST(test_blocked_call_does_not_hold_other_clients)
     mproc_rpc_close(p1);
     mproc_rpc_close(p2);
     mproc_rpc_server_free(s);
+    mproc_rpc_handler_free(h);
+    rig_close();
+}
+
+/* idle_timeout closes a connection that sends nothing, never one whose call
+ * is running, and is checked at server_new. */
+MTEST(test_idle_timeout_closes_silent_connections_only)
+{
+    rig_open();
+    mproc_rpc_handler *h = new_handler(true);
+    for (int t = 0; t < 2; t++) {
+        mproc_rpc_server_opts so =
+            sopts(MPROC_RPC_MSGPACK, t ? MPROC_RPC_STREAM : MPROC_RPC_CONNECTION, false);
+        so.idle_timeout = 0.3;
+        mproc_rpc_server *s = serve(h, false, &so);
+        mproc_rpc_proxy *idle = proxy_for(s, &so), *busy = proxy_for(s, &so);
+        CHECK_EQ(call_int(idle, "add", ints2(1, 2)), 3);
+        call_job j = {.p = busy, .method = "block", .timeout = 30.0};
+        pthread_t th;
+        CHECK_EQ(pthread_create(&th, NULL, call_thread, &j), 0);
+        wait_entered();
+        wait_connections(s, 1); /* the silent one went; the running call stays */
+        CHECK_EQ(call_rc(idle, "add", ints2(1, 2), 10.0), MPROC_ECLOSED);
+        release_one();
+        CHECK_EQ(pthread_join(th, NULL), 0);
+        CHECK_OK(j.rc);
+        check_late(j.result);
+        mproc_value_free(j.result);
+        CHECK_EQ(call_int(busy, "add", ints2(2, 2)), 4);
+        mproc_rpc_close(idle);
+        mproc_rpc_close(busy);
+        mproc_rpc_server_free(s);
+    }
+    char addr[128];
+    unix_addr(addr, sizeof addr);
+    mproc_rpc_server *s = NULL;
+    mproc_rpc_server_opts bad = {.idle_timeout = -1};
+    CHECK_EQ(mproc_rpc_server_new(&s, h, addr, &bad), MPROC_EINVAL);
+    bad.idle_timeout = NAN;
+    CHECK_EQ(mproc_rpc_server_new(&s, h, addr, &bad), MPROC_EINVAL);
+    CHECK(s == NULL);
     mproc_rpc_handler_free(h);
     rig_close();
 }
@@ -2371,6 +2413,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_call_timeout_covers_a_send_the_server_never_reads),
         MTEST_ENTRY(test_python_wire_unknown_exception_type_keeps_its_message),
         MTEST_ENTRY(test_stop_with_idle_clients_is_not_a_timeout),
+        MTEST_ENTRY(test_idle_timeout_closes_silent_connections_only),
         MTEST_ENTRY(test_wrong_authkey_is_eauth_and_server_keeps_serving),
         MTEST_ENTRY(test_invalid_options_are_einval),
         MTEST_ENTRY(test_server_lifecycle_edges),

@@ -156,6 +156,11 @@ typedef struct mproc_rpc_server_opts {
     size_t max_connections; /* served at once; 0 = 256; more are closed at accept
                                (ZeroMQ: worker threads, 0 = 8, at most 64) */
     bool no_shm;            /* never move local clients to shared memory */
+    /* Close a connection that sends no request for this many seconds
+     * (checked every 0.1 s; a call in progress is never cut). 0 = never,
+     * as in the seed: then max_connections silent clients hold the server
+     * full. Not for ZeroMQ (its connections cost no thread). */
+    double idle_timeout;
 } mproc_rpc_server_opts;
 
 /* A server for `h` listening at `address` ("unix:@name", "unix:/path",

@@ -616,6 +616,7 @@ typedef struct srv_conn {
     rpc_shm *shm; /* the client moved to shared memory */
     int fd;
     atomic_bool busy; /* inside a call */
+    int64_t active_ns; /* when the last request was answered (idle_timeout) */
     rpc_stream st;
     struct srv_conn *prev, *next;
 } srv_conn;
@@ -652,6 +653,8 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
                               opts ? opts->authkey : NULL, opts ? opts->authkey_len : 0);
     if (orc)
         return orc;
+    if (opts && !(opts->idle_timeout >= 0)) /* NaN too */
+        return mproc__fail(MPROC_EINVAL, "rpc: idle_timeout must be >= 0");
     mproc_rpc_server *s = calloc(1, sizeof *s);
     if (!s)
         return MPROC_ENOMEM;
@@ -820,6 +823,14 @@ static int shm_handshake(mproc_rpc_server *s, srv_conn *sc, const void *data, si
     return rc;
 }
 
+/* The client sent nothing for idle_timeout: the slice that saw it closes
+ * the connection. */
+static bool idle_over(const mproc_rpc_server *s, const srv_conn *sc)
+{
+    return s->o.idle_timeout > 0 &&
+           (double)(mproc__now_ns() - sc->active_ns) / 1e9 > s->o.idle_timeout;
+}
+
 static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out);
 
 /* Serve a client that moved to shared memory until it leaves or the
@@ -849,7 +860,7 @@ static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
     int rc = rpc__shm_recv(sc->shm, mproc_deadline_after(RPC_SLICE_S), s->o.max_message, &data,
                            &len);
     if (rc == MPROC_ETIMEDOUT)
-        return atomic_load(&s->stopping) ? MPROC_ESTATE : 0;
+        return atomic_load(&s->stopping) ? MPROC_ESTATE : idle_over(s, sc) ? MPROC_ETIMEDOUT : 0;
     if (rc)
         return rc;
     bool answer;
@@ -861,6 +872,7 @@ static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
             rc = e;
     }
     atomic_store(&sc->busy, false);
+    sc->active_ns = mproc__now_ns();
     return rc;
 }
 
@@ -889,6 +901,7 @@ static void *conn_main(void *arg)
             rc = mproc__auth_answer(sc->c, s->o.authkey, s->o.authkey_len, hd);
     }
     bool first = true;
+    sc->active_ns = mproc__now_ns();
     while (!rc && !atomic_load(&s->stopping)) {
         if (sc->shm) {
             rc = serve_shm(s, sc, &out);
@@ -900,14 +913,14 @@ static void *conn_main(void *arg)
             rc = stream_next(&sc->st, sc->fd, s->o.max_message, mproc_deadline_after(RPC_SLICE_S),
                              &p, &len);
             if (rc == MPROC_ETIMEDOUT) {
-                rc = 0;
+                rc = idle_over(s, sc) ? rc : 0;
                 continue;
             }
-            if (!rc)
-            {
+            if (!rc) {
                 atomic_store(&sc->busy, true);
                 rc = serve_frame(s, sc, p, len, &out);
                 atomic_store(&sc->busy, false);
+                sc->active_ns = mproc__now_ns();
             }
             continue;
         }
@@ -916,7 +929,7 @@ static void *conn_main(void *arg)
         spin_readable(sc->c, RPC_SPIN_NS);
         rc = mproc_connection_recv_bytes(sc->c, &buf, &len, RPC_SLICE_S);
         if (rc == MPROC_ETIMEDOUT) {
-            rc = 0;
+            rc = idle_over(s, sc) ? rc : 0;
             continue;
         }
         if (rc)
@@ -931,6 +944,7 @@ static void *conn_main(void *arg)
             rc = serve_frame(s, sc, buf, len, &out);
             atomic_store(&sc->busy, false);
         }
+        sc->active_ns = mproc__now_ns();
         free(buf);
     }
     rpc__shm_free(sc->shm);
