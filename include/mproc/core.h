@@ -85,6 +85,12 @@ const char *mproc_errname(int err);
  * that fails; thread-local, never NULL, do not free. */
 const char *mproc_errmsg(void);
 
+/* Record a detail message for mproc_errmsg() in the calling thread and return
+ * `err`: `return mproc_error_set(MPROC_EINVAL, "bad size %zu", n);`. For
+ * libraries built on mproc (an executor backend, ...) whose errors should read
+ * like mproc's own. The message is cut at 511 bytes. */
+int mproc_error_set(int err, const char *fmt, ...) MPROC_PRINTF(2, 3);
+
 /* --------------------------------------------------------------- deadlines */
 
 /* Timeouts are double seconds. MPROC_FOREVER (any negative value) blocks; 0 tries once. */

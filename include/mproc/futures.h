@@ -155,6 +155,10 @@ struct mproc_executor_backend {
 /* The local process-pool backend. */
 extern const mproc_executor_backend mproc_executor_local;
 
+/* true when this mproc was built with the MPI backend: the library
+ * libmproc_mpi and its header <mproc/mpi.h> (mproc_executor_mpi). */
+bool mproc_have_mpi(void);
+
 /* For backends. set_running: false if the future was cancelled (then do not
  * run it), as Python's set_running_or_notify_cancel. set_result takes the
  * value (may be NULL); set_error copies the message. Completing a done future
@@ -165,6 +169,52 @@ bool mproc_future_set_running(mproc_future *f);
 void mproc_future_set_result(mproc_future *f, mproc_value *v);
 void mproc_future_set_error(mproc_future *f, int err, const char *message);
 mproc_future *mproc_future_ref(mproc_future *f);
+
+/* For backends: mark the calling thread as the one that completes futures
+ * (on = true) or no longer (false). Done-callbacks run there, so a wait from
+ * it on a future that is not done fails with MPROC_EDEADLK instead of
+ * hanging, as on the local backend's results thread. */
+void mproc_executor_backend_thread(bool on);
+
+/* ------------------------------------------- running tasks in other processes */
+
+/* For backends whose tasks run in other processes of the same program (MPI
+ * ranks, a remote host running the same binary). A task travels as a
+ * reference to its function and its input in wire form; its output comes
+ * back in wire form. Wire form: a bytes task's input and output are the
+ * bytes themselves; a value or star task's are MessagePack. */
+
+/* Append a reference to task's function to `out`: its kind, then (module
+ * build-id, offset, module path), as spawn names functions. Errors:
+ * MPROC_EINVAL (no function, unknown kind), MPROC_EBUILDID (the module has
+ * no build-id), MPROC_ENOMEM; `out` is unchanged on failure. */
+int mproc_task_ref(mproc_task task, mproc_buf *out);
+
+/* Resolve ref[0..len) (made by mproc_task_ref, possibly in another process)
+ * into *task. Errors: MPROC_EBUILDID (no loaded module has that build-id:
+ * this process runs a different build; mproc_errmsg() names both),
+ * MPROC_EPROTO (malformed), MPROC_EINVAL. */
+int mproc_task_resolve(const void *ref, size_t len, mproc_task *task);
+
+/* Append the wire form of one input `arg` (borrowed; NULL is nil) of a task
+ * of `kind` to `out`. MPROC_EINVAL: a bytes task needs bytes or str, a star
+ * task a list. Encoder errors (MPROC_ENOMEM, ...). */
+int mproc_task_encode_input(mproc_task_kind kind, const mproc_value *arg, mproc_buf *out);
+
+/* Run `task` on one input in wire form, appending the output's wire form to
+ * `out`. 0, or the task's error (MPROC_EREMOTE after mproc_task_error, the
+ * code it returned otherwise, or a decoding error of its input) with the
+ * message in msg[0..msglen) (NUL-terminated; msg may be NULL); on failure
+ * `out` is left as it was. The task's own calls may be anything: this only
+ * captures what it reports. */
+int mproc_task_run(mproc_task task, const void *in, size_t len, mproc_buf *out, char *msg,
+                   size_t msglen);
+
+/* The value of an output in wire form: a new bytes value for a bytes task,
+ * else the decoded MessagePack under `limits` (NULL: defaults). *out is
+ * yours. Decoder errors, MPROC_ENOMEM, MPROC_EINVAL. */
+int mproc_task_decode_output(mproc_task_kind kind, const void *p, size_t n,
+                             const mproc_decode_limits *limits, mproc_value **out);
 
 #pragma GCC visibility pop
 

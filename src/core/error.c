@@ -87,6 +87,17 @@ int mproc__fail(int err, const char *fmt, ...)
     return err;
 }
 
+int mproc_error_set(int err, const char *fmt, ...)
+{
+    char m[sizeof errmsg_buf]; /* an argument may be mproc_errmsg() itself */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m, sizeof m, fmt, ap);
+    va_end(ap);
+    memcpy(errmsg_buf, m, sizeof m);
+    return err;
+}
+
 int mproc__errno(void)
 {
     return errno > 0 ? -errno : -EIO;

@@ -36,6 +36,29 @@ struct mproc_future {
     size_t nwaiters;
 };
 
+/* Set on a backend's completion thread (mproc_executor_backend_thread). */
+static __thread bool tl_backend_thread;
+
+void mproc_executor_backend_thread(bool on)
+{
+    tl_backend_thread = on;
+}
+
+/* Where done-callbacks run: a wait there for an unfinished future would deadlock. */
+static bool in_callback_thread(void)
+{
+    return tl_backend_thread || mproc__pool_in_results_thread();
+}
+
+bool mproc_have_mpi(void)
+{
+#ifdef MPROC_HAVE_MPI
+    return true;
+#else
+    return false;
+#endif
+}
+
 struct mproc_executor {
     const mproc_executor_backend *be;
     void *state;
@@ -148,7 +171,7 @@ bool mproc_future_cancel(mproc_future *f)
 
 static int future_wait(mproc_future *f, double timeout)
 {
-    if (f->state < FS_DONE && timeout != 0 && mproc__pool_in_results_thread())
+    if (f->state < FS_DONE && timeout != 0 && in_callback_thread())
         return mproc__fail(MPROC_EDEADLK, "future: waiting from a done-callback would deadlock");
     mproc_deadline d = mproc_deadline_after(timeout);
     while (f->state < FS_DONE) {
@@ -357,7 +380,7 @@ int mproc_futures_wait(mproc_future *const *fs, size_t n, double timeout, mproc_
         return rc;
     }
     mproc_deadline d = mproc_deadline_after(timeout);
-    bool deadlock = timeout != 0 && mproc__pool_in_results_thread();
+    bool deadlock = timeout != 0 && in_callback_thread();
     pthread_mutex_lock(&w.mu);
     for (;;) {
         bool failed = w.nfailed > 0;
@@ -430,7 +453,7 @@ int mproc_as_completed_next(mproc_as_completed *ac, mproc_future **f, double tim
             rc = mproc__fail(MPROC_ECLOSED, "as_completed: every future was returned");
             break;
         }
-        if (timeout != 0 && mproc__pool_in_results_thread()) {
+        if (timeout != 0 && in_callback_thread()) {
             rc = mproc__fail(MPROC_EDEADLK, "as_completed: waiting from a done-callback would deadlock");
             break;
         }

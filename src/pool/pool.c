@@ -469,22 +469,11 @@ static int encode_items(call *c, const mproc_value *items, bool single)
         rc = mproc_buf_append(&b, &len, sizeof len);
         if (rc)
             break;
-        if (c->tkind == UK_BYTES) {
-            const void *d = NULL;
-            size_t dl = 0;
-            if (mproc_value_type(v) == MPROC_V_BYTES)
-                d = mproc_value_as_bytes(v, &dl);
-            else if (mproc_value_type(v) == MPROC_V_STR)
-                d = mproc_value_as_str(v, &dl);
-            else
-                rc = mproc__fail(MPROC_EINVAL, "pool: a bytes task needs bytes or str items (item %zu)", i);
-            if (!rc)
-                rc = mproc_buf_append(&b, d, dl);
-        } else {
-            if (c->tkind == UK_STAR && mproc_value_type(v) != MPROC_V_LIST)
-                rc = mproc__fail(MPROC_EINVAL, "pool: starmap items must be lists (item %zu)", i);
-            else
-                rc = mproc_msgpack_encode(v, &b);
+        rc = mproc_task_encode_input((mproc_task_kind)c->tkind, v, &b);
+        if (rc == MPROC_EINVAL) {
+            char why[256]; /* a copy: the message buffer is rewritten below */
+            snprintf(why, sizeof why, "%s", mproc_errmsg());
+            rc = mproc__fail(rc, "pool: %s (item %zu)", why, i);
         }
         if (!rc && b.len - at - sizeof len > UINT32_MAX)
             rc = mproc__fail(MPROC_EMSGSIZE, "pool: item %zu is larger than 4 GiB", i);
@@ -1138,13 +1127,9 @@ static void break_pool(mproc_pool *p, const char *msg)
 static int item_value(const call *c, const mproc_pool *p, const uint8_t *d, size_t n, mproc_value **v,
                       char *ebuf, size_t elen)
 {
-    if (c->tkind == UK_BYTES) {
-        *v = mproc_value_bytes(d, n);
-        return *v ? 0 : MPROC_ENOMEM;
-    }
-    int rc = mproc_msgpack_decode(d, n, &p->o.limits, v);
+    int rc = mproc_task_decode_output((mproc_task_kind)c->tkind, d, n, &p->o.limits, v);
     if (rc)
-        snprintf(ebuf, elen, "task result did not decode: %s", mproc_errmsg());
+        snprintf(ebuf, elen, "%s", mproc_errmsg());
     return rc;
 }
 

@@ -64,6 +64,15 @@ typedef struct pool_slot {
 
 #define POOL_MSG_MAX 1024 /* longest error message carried */
 
+/* Around a task call (task.c): mproc_task_error records its message only
+ * between begin and end. message: after a failure with rc, the task's own
+ * message or one made from rc into buf (ends the call); message_set: whether
+ * the task recorded one. */
+void pool__task_begin(void);
+void pool__task_end(void);
+bool pool__task_message_set(void);
+const char *pool__task_message(int rc, char *buf, size_t len);
+
 /* The worker's entry point (worker.c); a process target. */
 int mproc__pool_worker_main(mproc_args *a);
 
@@ -97,7 +106,8 @@ static inline bool pool__cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu
 /* ------------------------------------------------------- executor hooks */
 
 /* true on a pool's results thread (where futures' done-callbacks of the local
- * backend run): blocking there on a future would deadlock. */
+ * backend run) or a thread a backend marked with mproc_executor_backend_thread:
+ * blocking there on a future would deadlock. */
 bool mproc__pool_in_results_thread(void);
 
 typedef struct pool_hooks {

@@ -12,22 +12,6 @@
 #include "pool_int.h"
 #include "../process/process_int.h"
 
-static __thread bool tl_in_task;
-static __thread bool tl_msg_set;
-static __thread char tl_msg[POOL_MSG_MAX];
-
-int mproc_task_error(const char *fmt, ...)
-{
-    if (tl_in_task && fmt) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(tl_msg, sizeof tl_msg, fmt, ap);
-        va_end(ap);
-        tl_msg_set = true;
-    }
-    return MPROC_EREMOTE;
-}
-
 typedef struct wk {
     uint32_t idx, gen;
     int64_t maxtasks;
@@ -44,26 +28,6 @@ typedef struct wk {
     mproc_buf res, out;
 } wk;
 
-/* Before a task runs: a clean message slate. */
-static void task_begin(void)
-{
-    tl_in_task = true;
-    tl_msg_set = false;
-}
-
-/* After a task failed with rc: its message, or one made from the code. */
-static const char *task_message(int rc, char *buf, size_t len)
-{
-    tl_in_task = false;
-    if (tl_msg_set)
-        return tl_msg;
-    if (rc > 0)
-        snprintf(buf, len, "task failed (returned %d)", rc);
-    else
-        snprintf(buf, len, "task failed: %s (%s)", mproc_errname(rc), mproc_strerror(rc));
-    return buf;
-}
-
 static int put_item(mproc_buf *b, int32_t code, const void *p, size_t n)
 {
     if (n > UINT32_MAX)
@@ -79,79 +43,28 @@ static int put_error(mproc_buf *b, int rc, const char *msg)
     return put_item(b, rc ? rc : MPROC_EREMOTE, msg, n);
 }
 
-/* Run a value or star task on one encoded item; the output goes to w->out. */
-static int run_value(wk *w, int kind, void *fn, const uint8_t *p, size_t n, char *ebuf, size_t elen,
-                     const char **emsg)
-{
-    mproc_value *arg = NULL, *res = NULL;
-    int rc = mproc_msgpack_decode(p, n, NULL, &arg);
-    if (rc) {
-        snprintf(ebuf, elen, "task input did not decode: %s", mproc_errmsg());
-        *emsg = ebuf;
-        return rc;
-    }
-    task_begin();
-    if (kind == UK_VALUE) {
-        rc = ((mproc_value_fn)fn)(arg, &res);
-    } else {
-        size_t argc = mproc_value_len(arg);
-        mproc_value **argv = calloc(argc ? argc : 1, sizeof *argv);
-        if (!argv) {
-            rc = MPROC_ENOMEM;
-        } else {
-            for (size_t i = 0; i < argc; i++)
-                argv[i] = mproc_value_at(arg, i);
-            rc = ((mproc_star_fn)fn)(argv, argc, &res);
-            free(argv);
-        }
-    }
-    mproc_value_free(arg);
-    if (rc) {
-        mproc_value_free(res);
-        *emsg = task_message(rc, ebuf, elen);
-        return rc;
-    }
-    tl_in_task = false;
-    w->out.len = 0;
-    if (!res) {
-        mproc_value *nil = mproc_value_nil();
-        rc = nil ? mproc_msgpack_encode(nil, &w->out) : MPROC_ENOMEM;
-        mproc_value_free(nil);
-    } else {
-        rc = mproc_msgpack_encode(res, &w->out);
-        mproc_value_free(res);
-    }
-    if (rc) {
-        snprintf(ebuf, elen, "task output did not encode: %s", mproc_errmsg());
-        *emsg = ebuf;
-    }
-    return rc;
-}
-
 /* Items units: each record {u32 len, bytes} runs the task once. */
 static int run_items(wk *w, const pm_unit *u, void *fn, const uint8_t *items, size_t len)
 {
     mproc_reader r = {items, items + len};
+    mproc_task task = {.kind = (mproc_task_kind)u->kind};
+    if (u->kind == UK_BYTES)
+        task.fn.bytes = (mproc_bytes_fn)fn;
+    else if (u->kind == UK_VALUE)
+        task.fn.value = (mproc_value_fn)fn;
+    else
+        task.fn.star = (mproc_star_fn)fn;
     char ebuf[POOL_MSG_MAX];
     for (uint32_t k = 0; k < u->n; k++) {
         const uint8_t *p;
         size_t n;
-        const char *emsg = NULL;
         int rc = mproc__get_blob(&r, &p, &n);
         if (rc)
             return rc; /* the parent sent garbage: give up on this worker */
         atomic_store_explicit(&w->slot->item, k, memory_order_relaxed);
-        if (u->kind == UK_BYTES) {
-            w->out.len = 0;
-            task_begin();
-            rc = ((mproc_bytes_fn)fn)(p, n, &w->out);
-            if (rc)
-                emsg = task_message(rc, ebuf, sizeof ebuf);
-            tl_in_task = false;
-        } else {
-            rc = run_value(w, u->kind, fn, p, n, ebuf, sizeof ebuf, &emsg);
-        }
-        rc = rc ? put_error(&w->res, rc, emsg) : put_item(&w->res, 0, w->out.data, w->out.len);
+        w->out.len = 0;
+        rc = mproc_task_run(task, p, n, &w->out, ebuf, sizeof ebuf);
+        rc = rc ? put_error(&w->res, rc, ebuf) : put_item(&w->res, 0, w->out.data, w->out.len);
         if (rc == MPROC_EMSGSIZE)
             rc = put_error(&w->res, MPROC_EMSGSIZE, "task output is larger than 4 GiB");
         if (rc)
@@ -174,12 +87,12 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
     uint8_t *out = w->arena + u->b;
     size_t is = u->c, os = u->d;
     char ebuf[POOL_MSG_MAX];
-    task_begin();
+    pool__task_begin();
     for (uint32_t k = 0; k < u->n; k++) {
         atomic_store_explicit(&w->slot->item, k, memory_order_relaxed);
         int rc = f(in + (size_t)k * is, out + (size_t)k * os, arg);
         if (rc) {
-            const char *m = task_message(rc, ebuf, sizeof ebuf);
+            const char *m = pool__task_message(rc, ebuf, sizeof ebuf);
             size_t ml = strnlen(m, POOL_MSG_MAX - 1);
             h->code = rc;
             h->n = k;
@@ -187,7 +100,7 @@ static int run_elems(wk *w, const pm_unit *u, void *fn, pr_head *h)
             return mproc_buf_append(&w->res, m, ml);
         }
     }
-    tl_in_task = false;
+    pool__task_end();
     return 0;
 }
 
@@ -348,11 +261,11 @@ static int run_init(wk *w, mproc_args *a)
     }
     mproc_args view = {a->v + 8, a->n - 8, a->n - 8};
     char ebuf[POOL_MSG_MAX];
-    task_begin();
+    pool__task_begin();
     rc = ((mproc_target_fn)fn)(&view);
-    const char *m = rc ? task_message(rc, ebuf, sizeof ebuf) : NULL;
-    tl_in_task = false;
-    if (rc && !tl_msg_set && mproc_errmsg()[0]) {
+    const char *m = rc ? pool__task_message(rc, ebuf, sizeof ebuf) : NULL;
+    pool__task_end();
+    if (rc && !pool__task_message_set() && mproc_errmsg()[0]) {
         snprintf(ebuf, sizeof ebuf, "initializer failed (returned %d): %s", rc, mproc_errmsg());
         m = ebuf;
     }
