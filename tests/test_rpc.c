@@ -107,6 +107,18 @@ FN(fn_value_error)
     return mproc_rpc_error("ValueError", "bad value %d", 42);
 }
 
+/* 300 two-byte characters: the message is cut to a fixed buffer, which
+ * falls in the middle of one. */
+FN(fn_utf8_error)
+{
+    (void)args, (void)nargs, (void)kwargs, (void)result, (void)ud;
+    char m[601];
+    for (int i = 0; i < 300; i++)
+        m[2 * i] = (char)0xc3, m[2 * i + 1] = (char)0xa9; /* é */
+    m[600] = 0;
+    return mproc_rpc_error("ValueError", "%s", m);
+}
+
 FN(fn_long_error)
 {
     (void)args, (void)nargs, (void)kwargs, (void)result, (void)ud;
@@ -229,6 +241,7 @@ static mproc_rpc_handler *new_handler(bool all)
         CHECK_OK(mproc_rpc_handler_register(h, "block", fn_block, NULL));
         CHECK_OK(mproc_rpc_handler_register(h, "big", fn_big, NULL));
         CHECK_OK(mproc_rpc_handler_register(h, "long_error", fn_long_error, NULL));
+        CHECK_OK(mproc_rpc_handler_register(h, "utf8_error", fn_utf8_error, NULL));
         CHECK_OK(mproc_rpc_handler_register(h, "error_then_ok", fn_error_then_ok, NULL));
         CHECK_OK(mproc_rpc_handler_register(h, "ext", fn_ext, NULL));
     }
@@ -1056,6 +1069,34 @@ MTEST(test_blocked_call_does_not_hold_other_clients)
     mproc_rpc_server_free(s);
     mproc_rpc_handler_free(h);
     rig_close();
+}
+
+/* Error messages cut mid-character, and unknown non-ASCII names cut in the
+ * server's message, still travel as valid strings; a method name that is
+ * not UTF-8 is refused before anything is sent. The proxy stays usable. */
+MTEST(test_non_ascii_errors_and_names)
+{
+    mproc_rpc_handler *h = new_handler(true);
+    for (int k = 0; k < 2; k++) {
+        mproc_rpc_server_opts so = sopts(k ? MPROC_RPC_PYTHON : MPROC_RPC_MSGPACK,
+                                         MPROC_RPC_CONNECTION, false);
+        mproc_rpc_server *s = serve(h, false, &so);
+        mproc_rpc_proxy *p = proxy_for(s, &so);
+        CHECK_EQ(call_rc(p, "utf8_error", NULL, 10.0), MPROC_EREMOTE);
+        if (!strstr(mproc_errmsg(), "\xc3\xa9\xc3\xa9"))
+            fprintf(stderr, "errmsg: %.120s\n", mproc_errmsg());
+        CHECK(strstr(mproc_errmsg(), "\xc3\xa9\xc3\xa9") != NULL);
+        char name[403];
+        for (int i = 0; i < 201; i++)
+            name[2 * i] = (char)0xc3, name[2 * i + 1] = (char)0xa9;
+        name[402] = 0;
+        CHECK_EQ(call_rc(p, name, NULL, 10.0), MPROC_EREMOTE); /* no such function */
+        CHECK_EQ(call_rc(p, "caf\xe9", NULL, 10.0), MPROC_EINVAL);
+        CHECK_EQ(call_int(p, "add", ints2(2, 3)), 5);
+        mproc_rpc_close(p);
+        mproc_rpc_server_free(s);
+    }
+    mproc_rpc_handler_free(h);
 }
 
 /* idle_timeout closes a connection that sends nothing, never one whose call
@@ -2414,6 +2455,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_python_wire_unknown_exception_type_keeps_its_message),
         MTEST_ENTRY(test_stop_with_idle_clients_is_not_a_timeout),
         MTEST_ENTRY(test_idle_timeout_closes_silent_connections_only),
+        MTEST_ENTRY(test_non_ascii_errors_and_names),
         MTEST_ENTRY(test_wrong_authkey_is_eauth_and_server_keeps_serving),
         MTEST_ENTRY(test_invalid_options_are_einval),
         MTEST_ENTRY(test_server_lifecycle_edges),

@@ -80,10 +80,12 @@ const char *mproc_errmsg(void)
 
 int mproc__fail(int err, const char *fmt, ...)
 {
+    char m[sizeof errmsg_buf]; /* an argument may be mproc_errmsg() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errmsg_buf, sizeof errmsg_buf, fmt, ap);
+    vsnprintf(m, sizeof m, fmt, ap);
     va_end(ap);
+    memcpy(errmsg_buf, m, strlen(m) + 1);
     return err;
 }
 

@@ -144,7 +144,10 @@ static void raise_to(_Atomic uint64_t *a, uint64_t v)
 
 static void ring_write(const mproc_queue *q, uint64_t pos, const void *src, size_t n)
 {
-    assert(n <= q->cap);
+    /* Callers bound n by the free space; a peer that scribbles on the
+     * shared positions must still never make us write past the ring. */
+    if (n > q->cap)
+        n = (size_t)q->cap;
     size_t off = (size_t)(pos & q->mask), first = (size_t)q->cap - off;
     if (n <= first) {
         memcpy(q->ring + off, src, n);
@@ -338,7 +341,8 @@ static inline uint64_t tx_free(mproc_queue *q)
 {
     q_st *st = q->st;
     uint64_t tail = atomic_load_explicit(&st->tail, memory_order_relaxed);
-    return q->cap - (tail - st->head_cache);
+    uint64_t used = tail - st->head_cache; /* shared memory: may be scribbled on */
+    return used <= q->cap ? q->cap - used : 0;
 }
 
 /* Free bytes now (refreshing the cached head); 0 if the positions are
@@ -470,6 +474,10 @@ static int put_chunked(mproc_queue *q, const uint8_t *data, uint64_t len, mproc_
             tx_commit(q, tail + whole, seq);
             st->tx_inmsg = 0;
             return 0;
+        }
+        if (free < quarter + HDR) { /* tx_wait_space said more: positions scribbled on */
+            tx_abort(q);
+            return corrupt();
         }
         uint64_t n = (free - 2 * HDR) & ~(uint64_t)7;
         if (first)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -363,10 +364,41 @@ static bool py_builtin_exception(const char *t)
     return false;
 }
 
+/* A UTF-8 copy of `s` into out[0..cap) (NUL-terminated). Messages are cut
+ * to fixed buffers, which may leave a partial character at the end: cut
+ * it. A string that is not UTF-8 anyway gets '?' for its non-ASCII bytes.
+ * Both wires need valid text (msgpack str, Python str). */
+static const char *utf8_text(const char *s, char *out, size_t cap)
+{
+    size_t n = strnlen(s, cap - 1);
+    memcpy(out, s, n);
+    out[n] = 0;
+    if (mproc__utf8_valid((const uint8_t *)out, n))
+        return out;
+    size_t k = n;
+    for (int i = 0; i < 3 && k > 0 && ((uint8_t)out[k - 1] & 0xc0) == 0x80; i++)
+        k--;
+    if (k > 0 && (uint8_t)out[k - 1] >= 0xc0)
+        k--; /* the lead byte of the cut character */
+    if (mproc__utf8_valid((const uint8_t *)out, k)) {
+        out[k] = 0;
+        return out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((uint8_t)out[i] >= 0x80)
+            out[i] = '?';
+    return out;
+}
+
 static int encode_answer(mproc_rpc_wire wire, uint64_t msgid, int rc, const mproc_value *result,
                          const char *type, const char *msg, mproc_buf *out)
 {
     out->len = 0;
+    char tbuf[64], mbuf[400];
+    if (rc) {
+        type = utf8_text(type, tbuf, sizeof tbuf);
+        msg = utf8_text(msg, mbuf, sizeof mbuf);
+    }
     if (wire == MPROC_RPC_PYTHON) {
         /* Only Python's own exception types can be unpickled as builtins.X */
         mproc_value *e = NULL;
@@ -637,7 +669,7 @@ struct mproc_rpc_server {
     pthread_mutex_t stop_mu; /* one stop at a time (stop and free may race) */
     rpc_zmq_server *z; /* MPROC_RPC_ZMQ: everything is there, the rest unused */
     atomic_long nshm;  /* connections moved to shared memory */
-    long ncpu;         /* online CPUs when the server was made */
+    long ncpu;         /* CPUs it may run on, when it was made */
 };
 
 int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const char *address,
@@ -659,7 +691,10 @@ int mproc_rpc_server_new(mproc_rpc_server **out, mproc_rpc_handler *h, const cha
     if (!s)
         return MPROC_ENOMEM;
     s->h = h;
-    s->ncpu = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+    cpu_set_t cpus;
+    s->ncpu = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    if (s->ncpu < 1)
+        s->ncpu = 1;
     if (opts)
         s->o = *opts;
     if (!s->o.max_message)
@@ -800,9 +835,11 @@ static int shm_handshake(mproc_rpc_server *s, srv_conn *sc, const void *data, si
     *handled = true;
     rpc_shm *ch = NULL;
     mproc_value *offer = NULL;
+    mproc__fail(0, "%s", ""); /* no stale text if the offer fails with a bare code */
     int rc = rpc__shm_offer(sc->fd, s->o.max_message, &ch, &offer);
     char msg[200];
-    snprintf(msg, sizeof msg, "no shared memory: %s", rc ? mproc_errmsg() : "");
+    snprintf(msg, sizeof msg, "no shared memory: %s (%s)", rc ? mproc_errmsg() : "",
+             mproc_errname(rc));
     rc = encode_answer(s->o.wire, r.msgid, rc, offer, "OSError", msg, out);
     req_free(&r);
     mproc_value_free(offer);
@@ -810,8 +847,13 @@ static int shm_handshake(mproc_rpc_server *s, srv_conn *sc, const void *data, si
         rc = send_answer(s, sc, out);
     void *choice = NULL;
     size_t n = 0;
-    if (!rc && ch)
-        rc = mproc_connection_recv_bytes(sc->c, &choice, &n, 10.0);
+    mproc_deadline cd = mproc_deadline_after(10.0);
+    while (!rc && ch) { /* in slices: a stop does not wait 10 s for it */
+        rc = mproc_connection_recv_bytes(sc->c, &choice, &n, RPC_SLICE_S);
+        if (rc != MPROC_ETIMEDOUT)
+            break;
+        rc = atomic_load(&s->stopping) || mproc_deadline_expired(cd) ? rc : 0;
+    }
     if (!rc && ch && (n != 1 || ((uint8_t *)choice)[0] > 1))
         rc = mproc__fail(MPROC_EPROTO, "rpc: bad answer to the shared-memory offer");
     if (!rc && ch && ((uint8_t *)choice)[0] == 1) {
@@ -840,7 +882,7 @@ static int serve_shm(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
     atomic_fetch_add(&s->nshm, 1);
     int rc = 0;
     int spin = -1;
-    while (!rc) {
+    while (!rc && !atomic_load(&s->stopping)) { /* calls in progress finish; then we go */
         /* spin while every client (and its server thread) can have a core */
         int want = atomic_load(&s->nshm) * 2 <= s->ncpu + 1;
         if (want != spin)
@@ -1116,7 +1158,8 @@ static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char 
 static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
 {
     mproc_value *args = mproc_value_list();
-    int rc = args ? encode_call(p, 0, p->next_id++, RPC_SHM_METHOD, args, NULL) : MPROC_ENOMEM;
+    uint32_t id = p->next_id++;
+    int rc = args ? encode_call(p, 0, id, RPC_SHM_METHOD, args, NULL) : MPROC_ENOMEM;
     mproc_value_free(args);
     if (!rc)
         rc = mproc__conn_send_until(p->c, p->out.data, p->out.len, d);
@@ -1142,6 +1185,7 @@ static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
     if (p->wire == MPROC_RPC_PYTHON)
         offer = mproc_value_type(v) == MPROC_V_ERROR ? NULL : v;
     else if (mproc_value_type(v) == MPROC_V_LIST && mproc_value_len(v) == 4 &&
+             mproc_value_as_int(mproc_value_at(v, 1)) == id &&
              mproc_value_type(mproc_value_at(v, 2)) == MPROC_V_NIL)
         offer = mproc_value_at(v, 3);
     if (!offer) { /* not an mproc server, or one that keeps us on the socket */
@@ -1149,8 +1193,11 @@ static int proxy_ask_shm(mproc_rpc_proxy *p, mproc_deadline d)
         return 0;
     }
     rpc_shm *ch = NULL;
-    int took = rpc__shm_take(p->fd, offer, &ch);
+    bool is_offer;
+    int took = rpc__shm_take(p->fd, offer, &ch, &is_offer);
     mproc_value_free(v);
+    if (!is_offer) /* a server of another kind that answers every name: it */
+        return 0;  /* waits for no choice, and a byte would be a request */
     uint8_t choice = took == 0;
     rc = mproc__conn_send_until(p->c, &choice, 1, d);
     if (!rc && ch) {
@@ -1182,7 +1229,9 @@ int mproc_rpc_connect(mproc_rpc_proxy **out, const char *address, const mproc_rp
     mproc_client_opts co = {
         .auth = {.authkey = opts ? opts->authkey : NULL, .authkey_len = opts ? opts->authkey_len : 0},
         .connect_timeout = opts ? opts->connect_timeout : 0,
-        .conn = {.max_message = p->max_message},
+        /* room for the shared-memory offer even under a tiny max_message;
+         * answers are held to max_message by the call */
+        .conn = {.max_message = p->max_message > 4096 ? p->max_message : 4096},
     };
     int rc = p->transport == MPROC_RPC_ZMQ ? rpc__zmq_connect(&p->z, address, p->max_message)
                                            : mproc_client_connect(&p->c, address, &co);
@@ -1288,6 +1337,8 @@ static int check_call(mproc_rpc_proxy *p, const char *method, const mproc_value 
 {
     if (!p || !method)
         return MPROC_EINVAL;
+    if (!mproc__utf8_valid((const uint8_t *)method, strlen(method)))
+        return mproc__fail(MPROC_EINVAL, "rpc: a method name must be UTF-8");
     if (args && mproc_value_type(args) != MPROC_V_LIST)
         return mproc__fail(MPROC_EINVAL, "rpc: args must be a list");
     if (p->broken)
@@ -1363,6 +1414,12 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
             if (rc == MPROC_ETIMEDOUT)
                 return mproc__fail(rc, "rpc: no answer to '%.200s' within the timeout", method);
             return rc == MPROC_ECONNRESET ? mproc__fail(MPROC_ECLOSED, "rpc: the server is gone") : rc;
+        }
+        if (len > p->max_message) {
+            free(buf);
+            p->broken = true;
+            return mproc__fail(MPROC_EMSGSIZE, "rpc: an answer of %zu bytes exceeds max_message "
+                                               "(%zu); the proxy is closed", len, p->max_message);
         }
         mproc_value *v = NULL;
         rc = p->wire == MPROC_RPC_PYTHON ? py_unwrap(data, len, &v)

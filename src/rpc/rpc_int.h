@@ -25,10 +25,11 @@ typedef struct rpc_shm rpc_shm;
  * and the offer that names them ([1, boot id, pid, [fd, dev, ino, export]
  * x2]); `fd` is the connection's socket, watched for the client's end. */
 int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offer);
-/* Proxy: open the queues of an offer. MPROC_ENOSYS when the server runs on
- * another machine; other codes when they cannot be opened (stay on the
- * socket then). */
-int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out);
+/* Proxy: open the queues of an offer. *is_offer false when it does not
+ * have an offer's shape (a server of another kind: send no choice);
+ * otherwise MPROC_ENOSYS when the server runs on another machine, other
+ * codes when the queues cannot be opened here (stay on the socket then). */
+int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out, bool *is_offer);
 /* Server: whether the connection's thread polls for the next call before
  * it sleeps (yes while the machine has a core for each client). */
 void rpc__shm_set_spin(rpc_shm *ch, bool spin);

@@ -14,10 +14,12 @@
  *
  * The frames on the queues are the wire's own (msgpack-rpc or pickles), so
  * rpc.c serves them with rpc__answer as it serves socket frames. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -149,26 +151,40 @@ int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offe
     return 0;
 }
 
+/* [fd, dev, ino, export] */
+static bool queue_shape_ok(const mproc_value *q)
+{
+    return mproc_value_type(q) == MPROC_V_LIST && mproc_value_len(q) == 4 &&
+           mproc_value_type(mproc_value_at(q, 0)) == MPROC_V_INT &&
+           mproc_value_type(mproc_value_at(q, 1)) == MPROC_V_INT &&
+           mproc_value_type(mproc_value_at(q, 2)) == MPROC_V_INT &&
+           mproc_value_type(mproc_value_at(q, 3)) == MPROC_V_BYTES;
+}
+
 /* Open one queue of an offer: its memfd through /proc, checked to be the
  * very object the server named. */
 static int take_queue(pid_t pid, const mproc_value *q, mproc_queue **out)
 {
     mproc_value *vfd = mproc_value_at(q, 0), *vdev = mproc_value_at(q, 1),
                 *vino = mproc_value_at(q, 2), *vexp = mproc_value_at(q, 3);
-    if (mproc_value_type(q) != MPROC_V_LIST || mproc_value_len(q) != 4 ||
-        mproc_value_type(vfd) != MPROC_V_INT || mproc_value_type(vdev) != MPROC_V_INT ||
-        mproc_value_type(vino) != MPROC_V_INT || mproc_value_type(vexp) != MPROC_V_BYTES)
-        return mproc__fail(MPROC_EPROTO, "rpc: malformed shared-memory offer");
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd/%lld", (int)pid, (long long)mproc_value_as_int(vfd));
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    /* Look before opening (stat follows the link without opening it): only
+     * the regular file the server named, never a device, FIFO or tty. */
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (int64_t)st.st_dev != mproc_value_as_int(vdev) ||
+        (int64_t)st.st_ino != mproc_value_as_int(vino))
+        return mproc__fail(MPROC_EPROTO, "rpc: %s is not the server's queue", path);
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return mproc__fail(mproc__errno(), "rpc: cannot open the server's queue (%s)", path);
-    struct stat st;
+    /* the same file, and a memfd that cannot shrink under our mapping */
+    int seals = fcntl(fd, F_GET_SEALS);
     if (fstat(fd, &st) < 0 || (int64_t)st.st_dev != mproc_value_as_int(vdev) ||
-        (int64_t)st.st_ino != mproc_value_as_int(vino)) {
+        (int64_t)st.st_ino != mproc_value_as_int(vino) || seals < 0 || !(seals & F_SEAL_SHRINK)) {
         close(fd);
-        return mproc__fail(MPROC_EPROTO, "rpc: %s is not the server's queue", path);
+        return mproc__fail(MPROC_EPROTO, "rpc: %s is not the server's sealed queue", path);
     }
     size_t n;
     const void *e = mproc_value_as_bytes(vexp, &n);
@@ -182,26 +198,34 @@ static int take_queue(pid_t pid, const mproc_value *q, mproc_queue **out)
     return 0;
 }
 
-int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out)
+int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out, bool *is_offer)
 {
     *out = NULL;
+    *is_offer = false;
     char bid[40];
     mproc_value *ver = mproc_value_at(offer, 0), *vbid = mproc_value_at(offer, 1),
                 *vpid = mproc_value_at(offer, 2);
     if (mproc_value_type(offer) != MPROC_V_LIST || mproc_value_len(offer) != 5 ||
         mproc_value_type(ver) != MPROC_V_INT || mproc_value_as_int(ver) != 1 ||
         mproc_value_type(vbid) != MPROC_V_STR || mproc_value_type(vpid) != MPROC_V_INT ||
-        mproc_value_as_int(vpid) <= 0 || mproc_value_as_int(vpid) > INT32_MAX)
+        mproc_value_as_int(vpid) <= 0 || mproc_value_as_int(vpid) > INT32_MAX ||
+        !queue_shape_ok(mproc_value_at(offer, 3)) || !queue_shape_ok(mproc_value_at(offer, 4)))
         return mproc__fail(MPROC_EPROTO, "rpc: malformed shared-memory offer");
+    *is_offer = true; /* from here on the server waits for our choice */
     int rc = boot_id(bid);
     if (rc)
         return rc;
     if (strcmp(bid, mproc_value_as_str(vbid, NULL)) != 0)
         return mproc__fail(MPROC_ENOSYS, "rpc: the server runs on another machine");
+    pid_t pid = (pid_t)mproc_value_as_int(vpid);
+    struct ucred cr;
+    socklen_t crl = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crl) == 0 && cr.pid > 0 && cr.pid != pid)
+        return mproc__fail(MPROC_EPROTO, "rpc: the offer names pid %d, the socket's peer is %d",
+                           (int)pid, (int)cr.pid); /* unix sockets only; TCP has no peer pid */
     rpc_shm *ch = new_channel(fd);
     if (!ch)
         return MPROC_ENOMEM;
-    pid_t pid = (pid_t)mproc_value_as_int(vpid);
     /* the server's requests are our out, its answers our in */
     rc = take_queue(pid, mproc_value_at(offer, 3), &ch->out);
     if (!rc)
@@ -223,27 +247,44 @@ void rpc__shm_set_spin(rpc_shm *ch, bool spin)
         mproc__queue_set_wait(ch->in, 0, SHM_SERVER_GAP, SHM_CROWD_YIELDS);
 }
 
+/* The time to wait in one slice: the slice, or what is left of `d` when
+ * less (mproc_deadline_remaining gives MPROC_FOREVER, negative, for none). */
+static double slice_of(mproc_deadline d, double slice)
+{
+    double left = mproc_deadline_remaining(d);
+    return left < 0 || left > slice ? slice : left;
+}
+
+/* After the move the socket carries nothing: its end, an error, or any byte
+ * (a peer that does not follow the protocol) ends the connection. */
+static bool socket_says_gone(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d)
 {
     double slice = mproc__put_slice(len);
     for (;;) {
-        double left = mproc_deadline_remaining(d);
-        int rc = mproc_queue_put(ch->out, data, len, left < slice ? left : slice);
+        int rc = mproc_queue_put(ch->out, data, len, slice_of(d, slice));
         if (rc != MPROC_ETIMEDOUT)
             return rc;
-        if (mproc__peer_gone(ch->fd))
+        if (socket_says_gone(ch->fd))
             return mproc__fail(MPROC_ECLOSED, "rpc: the other side closed the connection");
         if (mproc_deadline_expired(d))
             return rc;
+        /* a slow reader: a big message is not aborted and restarted forever */
+        if (slice < 16 * mproc__put_slice(len))
+            slice *= 2;
     }
 }
 
 int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len)
 {
     for (;;) {
-        double left = mproc_deadline_remaining(d);
-        int rc = mproc_queue_get_into(ch->in, ch->buf, ch->cap, len,
-                                      left < SHM_SLICE_S ? left : SHM_SLICE_S);
+        int rc = mproc_queue_get_into(ch->in, ch->buf, ch->cap, len, slice_of(d, SHM_SLICE_S));
         if (rc == 0 && *len > max)
             return mproc__fail(MPROC_EMSGSIZE, "rpc: a message of %zu bytes exceeds max_message (%zu)",
                                *len, max);
@@ -273,7 +314,7 @@ int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, 
         }
         if (rc != MPROC_ETIMEDOUT)
             return rc;
-        if (mproc__peer_gone(ch->fd))
+        if (socket_says_gone(ch->fd))
             return mproc__fail(MPROC_ECLOSED, "rpc: the other side closed the connection");
         if (mproc_deadline_expired(d))
             return rc;
