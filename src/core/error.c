@@ -78,25 +78,30 @@ const char *mproc_errmsg(void)
     return errmsg_buf;
 }
 
+/* Format into a copy first: an argument may be mproc_errmsg() itself. */
+static int set_message(int err, const char *fmt, va_list ap)
+{
+    char m[sizeof errmsg_buf];
+    vsnprintf(m, sizeof m, fmt, ap);
+    memcpy(errmsg_buf, m, strlen(m) + 1);
+    return err;
+}
+
 int mproc__fail(int err, const char *fmt, ...)
 {
-    char m[sizeof errmsg_buf]; /* an argument may be mproc_errmsg() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(m, sizeof m, fmt, ap);
+    set_message(err, fmt, ap);
     va_end(ap);
-    memcpy(errmsg_buf, m, strlen(m) + 1);
     return err;
 }
 
 int mproc_error_set(int err, const char *fmt, ...)
 {
-    char m[sizeof errmsg_buf]; /* an argument may be mproc_errmsg() itself */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(m, sizeof m, fmt, ap);
+    set_message(err, fmt, ap);
     va_end(ap);
-    memcpy(errmsg_buf, m, sizeof m);
     return err;
 }
 
