@@ -40,7 +40,7 @@
  * on the socket, as it does when the server runs on another machine or
  * its descriptors cannot be opened (/proc/<pid>/fd of another user). The
  * frames on the queues are the wire's own; only the transport changes:
- * ~1.5 us a call instead of ~5-8 us. The socket stays open and quiet: each
+ * ~1 us a call instead of ~5-10 us. The socket stays open and quiet: each
  * side learns from it, within 0.1 s, that the other is gone. */
 #ifndef MPROC_RPC_H
 #define MPROC_RPC_H
