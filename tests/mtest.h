@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "mproc.h"
+#include "mcheck.h"
 
 typedef struct {
     const char *name;
@@ -32,38 +33,6 @@ typedef struct {
     MTEST(test_##s##_forkserver) { s(MPROC_START_FORKSERVER); }
 #define METHOD_ENTRIES(s) MTEST_ENTRY(test_##s##_fork), MTEST_ENTRY(test_##s##_spawn), \
                           MTEST_ENTRY(test_##s##_forkserver)
-
-#define CHECK(cond)                                                                     \
-    do {                                                                                \
-        if (!(cond)) {                                                                  \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);    \
-            fflush(NULL);                                                               \
-            _exit(1);                                                                   \
-        }                                                                               \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                  \
-    do {                                                                                \
-        long long a_ = (long long)(a), b_ = (long long)(b);                             \
-        if (a_ != b_) {                                                                 \
-            fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %lld, %s == %lld\n", __FILE__, \
-                    __LINE__, #a, a_, #b, b_);                                          \
-            fflush(NULL);                                                               \
-            _exit(1);                                                                   \
-        }                                                                               \
-    } while (0)
-
-/* An mproc call that must succeed. */
-#define CHECK_OK(expr)                                                                  \
-    do {                                                                                \
-        int rc_ = (expr);                                                               \
-        if (rc_ != 0) {                                                                 \
-            fprintf(stderr, "%s:%d: %s failed: %s (%s) %s\n", __FILE__, __LINE__, #expr, \
-                    mproc_errname(rc_), mproc_strerror(rc_), mproc_errmsg());           \
-            fflush(NULL);                                                               \
-            _exit(1);                                                                   \
-        }                                                                               \
-    } while (0)
 
 /* Hooks a test file may set before calling mtest_main: run in each test's
  * process before the baseline is taken (e.g. to start the fork server). */
