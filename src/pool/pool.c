@@ -1873,7 +1873,7 @@ int mproc__pool_submit_hooked(mproc_pool *p, mproc_task task, const mproc_value 
                               size_t chunksize, const pool_hooks *h)
 {
     mproc_call_opts o = {.chunksize = chunksize};
-    call *c;
+    call *c = NULL;
     int rc = start_call(p, single ? CK_APPLY : CK_MAP, task, items, single, &o, h, &c, "submit");
     if (rc)
         return rc;
@@ -1935,7 +1935,7 @@ int mproc_pool_apply(mproc_pool *p, mproc_task task, const mproc_value *arg, mpr
     *out = NULL;
     if (tl_pool_thread == p && timeout != 0)
         return mproc__fail(MPROC_EDEADLK, "pool_apply: called from a pool callback");
-    call *c;
+    call *c = NULL;
     int rc = start_call(p, CK_APPLY, task, arg, true, NULL, NULL, &c, "pool_apply");
     return rc ? rc : finish_sync(c, out, timeout);
 }
@@ -1948,7 +1948,7 @@ int mproc_pool_map(mproc_pool *p, mproc_task task, const mproc_value *items,
     *out = NULL;
     if (tl_pool_thread == p && timeout != 0)
         return mproc__fail(MPROC_EDEADLK, "pool_map: called from a pool callback");
-    call *c;
+    call *c = NULL;
     int rc = start_call(p, CK_MAP, task, items, false, o, NULL, &c, "pool_map");
     return rc ? rc : finish_sync(c, out, timeout);
 }
