@@ -49,6 +49,29 @@ static inline double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* A rate for a table cell: 1.23M, 45.6k, 789. */
+static inline void bench_fmt_rate(char *out, size_t n, double r)
+{
+    if (r >= 1e6)
+        snprintf(out, n, "%.2fM", r / 1e6);
+    else if (r >= 1e3)
+        snprintf(out, n, "%.1fk", r / 1e3);
+    else
+        snprintf(out, n, "%.0f", r);
+}
+
+/* The time per item of a rate, in µs; `small` decimals below 1 µs. */
+static inline void bench_fmt_us(char *out, size_t n, double r, int small)
+{
+    double us = 1e6 / r;
+    if (us >= 100)
+        snprintf(out, n, "%.0f", us);
+    else if (us >= 1)
+        snprintf(out, n, "%.2f", us);
+    else
+        snprintf(out, n, "%.*f", small, us);
+}
+
 /* Run a Python anchor (`cmd`), which prints "key value" lines, and store the
  * value of keys[i] in vals[i]. true when it exited 0 and printed every key. */
 static inline bool bench_python_keys(const char *cmd, const char *const *keys, double *vals,

@@ -324,27 +324,6 @@ static py_results run_python(const char *python, double scale, int clients, int 
 
 /* ------------------------------------------------------------------ main */
 
-static void fmt_rate(char *out, size_t n, double r)
-{
-    if (r >= 1e6)
-        snprintf(out, n, "%.2fM", r / 1e6);
-    else if (r >= 1e3)
-        snprintf(out, n, "%.1fk", r / 1e3);
-    else
-        snprintf(out, n, "%.0f", r);
-}
-
-static void fmt_us(char *out, size_t n, double r)
-{
-    double us = 1e6 / r;
-    if (us >= 100)
-        snprintf(out, n, "%.0f", us);
-    else if (us >= 1)
-        snprintf(out, n, "%.2f", us);
-    else
-        snprintf(out, n, "%.3f", us);
-}
-
 static void usage(FILE *f, const char *argv0)
 {
     fprintf(f,
@@ -502,12 +481,12 @@ int main(int argc, char **argv)
             snprintf(name, sizeof name, "dict set+get, %d clients", clients);
         else
             snprintf(name, sizeof name, "%s", wname[w]);
-        fmt_rate(mr, sizeof mr, med[w]);
-        fmt_us(mus, sizeof mus, med[w]);
+        bench_fmt_rate(mr, sizeof mr, med[w]);
+        bench_fmt_us(mus, sizeof mus, med[w], 3);
         if (pr.ok && pr.rate[w] > 0) {
             snprintf(pc, sizeof pc, "%ld", op_count(w, pr.n[w]) * (w == W_DICTN ? clients : 1));
-            fmt_rate(p, sizeof p, pr.rate[w]);
-            fmt_us(pus, sizeof pus, pr.rate[w]);
+            bench_fmt_rate(p, sizeof p, pr.rate[w]);
+            bench_fmt_us(pus, sizeof pus, pr.rate[w], 3);
             snprintf(ratio, sizeof ratio, "%.1fx", med[w] / pr.rate[w]);
         }
         printf("| %-24s | %-5s | %9ld%s | %8s | %8s | %10s | %8s | %9s | %9s |\n", name,

@@ -297,27 +297,6 @@ static py_results run_python(const char *python, const long *n, int rounds)
 
 /* ------------------------------------------------------------------ main */
 
-static void fmt_rate(char *out, size_t n, double r)
-{
-    if (r >= 1e6)
-        snprintf(out, n, "%.2fM", r / 1e6);
-    else if (r >= 1e3)
-        snprintf(out, n, "%.1fk", r / 1e3);
-    else
-        snprintf(out, n, "%.0f", r);
-}
-
-static void fmt_us(char *out, size_t n, double r)
-{
-    double us = 1e6 / r;
-    if (us >= 100)
-        snprintf(out, n, "%.0f", us);
-    else if (us >= 1)
-        snprintf(out, n, "%.2f", us);
-    else
-        snprintf(out, n, "%.4f", us);
-}
-
 static void usage(FILE *f, const char *argv0)
 {
     fprintf(f,
@@ -472,12 +451,12 @@ int main(int argc, char **argv)
            "|--------------:|---------------:|\n");
     for (int w = 0; w < NW; w++) {
         char m[32], p[32] = "n/a", ratio[32] = "n/a", mus[32], pus[32] = "n/a";
-        fmt_rate(m, sizeof m, med[w]);
-        fmt_us(mus, sizeof mus, med[w]);
+        bench_fmt_rate(m, sizeof m, med[w]);
+        bench_fmt_us(mus, sizeof mus, med[w], 4);
         double pyr = pr.ok ? pr.rate[wpy[w]] : 0;
         if (pyr > 0) {
-            fmt_rate(p, sizeof p, pyr);
-            fmt_us(pus, sizeof pus, pyr);
+            bench_fmt_rate(p, sizeof p, pyr);
+            bench_fmt_us(pus, sizeof pus, pyr, 4);
             snprintf(ratio, sizeof ratio, "%.1fx", med[w] / pyr);
         }
         printf("| %-19s | %9ld | %-7s | %8s | %8s | %9s | %13s | %14s |\n", wname[w], in.n[w],
