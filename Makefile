@@ -7,10 +7,13 @@ CMAKE_FLAGS ?=
 
 # Debian packages the build, tests, demo and benchmarks need. libzmq3-dev:
 # the RPC layer's ZeroMQ transport (optional in CMake, always built and
-# tested here) and the ZeroMQ anchor of bench_queue.
-DEB_DEPS = cmake make gcc g++ pkg-config python3 python3-msgpack libc6-dev libmsgpack-dev libssl-dev clang libzmq3-dev
-# What only `make bench` needs beyond DEB_DEPS (nothing at the moment).
-BENCH_DEB_DEPS =
+# tested here) and the ZeroMQ anchor of bench_queue. libopenmpi-dev and
+# openmpi-bin: libmproc_mpi, the Executor on MPI ranks (optional in CMake,
+# built and tested here under mpirun).
+DEB_DEPS = cmake make gcc g++ pkg-config python3 python3-msgpack libc6-dev libmsgpack-dev libssl-dev clang libzmq3-dev libopenmpi-dev openmpi-bin
+# What only `make bench` needs beyond DEB_DEPS: mpi4py, the anchor of
+# bench_mpi (run with /usr/bin/python3, Debian's).
+BENCH_DEB_DEPS = python3-mpi4py
 
 .PHONY: all build deps bench-deps demo test test-normal test-asan test-fuzz bench install clean
 

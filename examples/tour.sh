@@ -20,4 +20,10 @@ run pool_progress "a progress bar from on_progress while map_array tests 200,000
 run manager_namespace "seed 000: a Manager Namespace; ns.x.append(1) in a child changes a copy and is lost; assigning back, or a managed list inside the Namespace, keeps it"
 run manager_dict_list "seed 001: Manager dict and list filled by a child (d[1] = '1', d['2'] = 2, d[0.25] = None, l.reverse()); then 4 workers at once, d['done'] += 1 without a lost update"
 run rpc_seed "seed 001: RPCHandler with add and sub on the Python wire (authkey b'peekaboo'), called from a C proxy and from the seed's own Python RPCProxy; then a timeout, a wrong authkey the server survives, and a graceful stop"
+# On MPI ranks when Open MPI's mpirun is there (make deps installs it).
+if command -v mpirun >/dev/null && [ -x "$build/examples/mpi_map" ]; then
+  printf '\n== %s: %s\n' mpi_map "seed 001's mul/plus tasks on 3 MPI ranks: mpirun -n 3, rank 0 runs main, 2 ranks run the tasks (submit, map, as_completed)"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    timeout 120 mpirun --oversubscribe --enable-recovery -n 3 "$build/examples/mpi_map"
+fi
 printf '\nTour done. More: docs/ and README.md.\n'

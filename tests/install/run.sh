@@ -16,4 +16,19 @@ export PKG_CONFIG_PATH=$pcdir
 # shellcheck disable=SC2046
 cc -o "$prefix/consumer_pc" "$src/tests/install/consumer/main.c" $(pkg-config --cflags --libs mproc)
 LD_LIBRARY_PATH=$(pkg-config --variable=libdir mproc) "$prefix/consumer_pc"
+# The core library never links MPI; libmproc_mpi, when built, has its own
+# CMake target and pkg-config file (a singleton run: no mpirun needed).
+libs=$(find "$prefix/usr" -name 'libmproc.so.*' | head -n1)
+if readelf -d "$libs" | grep -q 'libmpi'; then
+  echo "install: libmproc.so depends on libmpi" >&2
+  exit 1
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [ -f "$pcdir/mproc-mpi.pc" ]; then
+  [ -x "$prefix/cbuild/consumer_mpi" ] || { echo "install: no mproc::mproc_mpi target" >&2; exit 1; }
+  LD_LIBRARY_PATH=$(pkg-config --variable=libdir mproc) timeout 60 "$prefix/cbuild/consumer_mpi"
+  # shellcheck disable=SC2046
+  cc -o "$prefix/consumer_mpi_pc" "$src/tests/install/consumer/mpi.c" $(pkg-config --cflags --libs mproc-mpi)
+  LD_LIBRARY_PATH=$(pkg-config --variable=libdir mproc) timeout 60 "$prefix/consumer_mpi_pc"
+fi
 echo "install: find_package (shared, static) and pkg-config consumers OK"
