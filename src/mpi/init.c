@@ -310,6 +310,17 @@ static int liveness_setup(double timeout, int wfds[2])
 
 /* ------------------------------------------------------------ init / end */
 
+/* Open MPI's mpirun ends the whole job when a rank dies unless it runs with
+ * --enable-recovery, which it announces to the ranks in the environment. */
+static void warn_no_recovery(void)
+{
+    const char *rec = getenv("OMPI_MCA_orte_enable_recovery");
+    if (mpi__g.size > 1 && getenv("OMPI_COMM_WORLD_SIZE") && !(rec && (rec[0] == '1' || rec[0] == 't')))
+        mproc_log(MPROC_LOG_WARNING, "mproc_mpi_init: mpirun runs without --enable-recovery: a "
+                  "worker rank that dies will end the whole job instead of failing its tasks "
+                  "with MPROC_EWORKER");
+}
+
 static void at_exit(void)
 {
     if (mpi__g.state == MG_UP && mpi__g.pid == getpid())
@@ -384,7 +395,7 @@ int mproc_mpi_init(int *argc, char ***argv, const mproc_mpi_opts *opts)
         /* Never back to main(): user code after the call runs on rank 0 only. */
         pthread_mutex_unlock(&mpi__g.mu);
         if (rc) {
-            fprintf(stderr, "mproc_mpi_init (rank %d): %s\n", mpi__g.rank, mproc_errmsg());
+            fprintf(stderr, "mproc (rank %d): %s\n", mpi__g.rank, mproc_errmsg());
             worker_exit(1, true);
         }
         mpi__g.peers = calloc(1, sizeof *mpi__g.peers);
@@ -412,6 +423,7 @@ int mproc_mpi_init(int *argc, char ***argv, const mproc_mpi_opts *opts)
     mpi__g.state = MG_UP;
     pthread_mutex_unlock(&mpi__g.mu);
     atexit(at_exit);
+    warn_no_recovery();
     return 0;
 }
 
