@@ -425,9 +425,9 @@ static void test_wait_first_completed_then_all(void)
 typedef struct cb_state {
     mproc_future *other;
     mproc_executor *ex;
-    int wait_rc, shutdown_rc;
+    int wait_rc, shutdown_rc, finalize_rc;
     atomic_int calls; /* set last: the codes are in place once it is */
-    pthread_t thread;
+    pthread_t thread, main;
 } cb_state;
 
 static void on_done(mproc_future *f, void *ud)
@@ -436,6 +436,8 @@ static void on_done(mproc_future *f, void *ud)
     (void)f;
     const mproc_value *v;
     s->wait_rc = mproc_future_result(s->other, &v, 5.0);
+    if (!pthread_equal(pthread_self(), s->main)) /* never from rank 0's main thread here */
+        s->finalize_rc = mproc_mpi_finalize();
     s->shutdown_rc = mproc_executor_shutdown(s->ex, true, false);
     s->thread = pthread_self();
     atomic_fetch_add(&s->calls, 1);
@@ -446,7 +448,7 @@ static void test_done_callback_runs_on_the_mpi_thread_and_cannot_block(void)
     mproc_executor *ex = ex_new(0);
     gate_t g;
     gate_init(&g);
-    cb_state s = {.ex = ex};
+    cb_state s = {.ex = ex, .main = pthread_self()};
     s.other = submit_gate(ex, &g);
     mproc_future *f = submit_int(ex, sq, 2);
     CHECK_OK(mproc_future_add_done_callback(f, on_done, &s));
@@ -458,6 +460,8 @@ static void test_done_callback_runs_on_the_mpi_thread_and_cannot_block(void)
     CHECK(!pthread_equal(s.thread, pthread_self()));
     CHECK_EQ(s.wait_rc, MPROC_EDEADLK);
     CHECK_EQ(s.shutdown_rc, MPROC_EDEADLK);
+    CHECK_EQ(s.finalize_rc, MPROC_EDEADLK);
+    CHECK(mproc_mpi_workers() > 0); /* MPI goes on */
     gate_open(&g);
     CHECK(result_int(s.other) >= 1);
     /* already done: the callback runs at once in this thread */
@@ -466,6 +470,7 @@ static void test_done_callback_runs_on_the_mpi_thread_and_cannot_block(void)
     CHECK_EQ(atomic_load(&s.calls), 1);
     CHECK(pthread_equal(s.thread, pthread_self()));
     CHECK_OK(s.wait_rc);
+    CHECK_OK(s.shutdown_rc);
     mproc_future_free(f);
     mproc_future_free(s.other);
     gate_done(&g);

@@ -76,10 +76,12 @@ typedef struct mproc_mpi_opts {
 int mproc_mpi_init(int *argc, char ***argv, const mproc_mpi_opts *opts);
 
 /* Rank 0: end the MPI layer. An executor still running is shut down first
- * (waiting for its tasks); the worker ranks are told to exit; then MPI is
- * finalised if mproc_mpi_init initialised it. Idempotent: 0 when done (or
- * never initialised), MPROC_EIO if MPI_Finalize failed. Afterwards executors
- * on the MPI backend cannot start. Not from a done-callback. */
+ * (waiting for its tasks; free it afterwards as usual, but not concurrently
+ * with this call); the worker ranks are told to exit; then MPI is finalised
+ * if mproc_mpi_init initialised it. Idempotent: 0 when done (or never
+ * initialised), MPROC_EIO if MPI_Finalize failed, MPROC_EDEADLK from a
+ * done-callback (nothing is done then), MPROC_ESTATE in a fork child.
+ * Afterwards executors on the MPI backend cannot start. */
 int mproc_mpi_finalize(void);
 
 /* This process's rank in MPI_COMM_WORLD and the world size (-1 and 0 before

@@ -871,9 +871,9 @@ static int mpi_shutdown(void *state, bool wait)
     return rc;
 }
 
-void mpi__exec_stop(void *exec)
+int mpi__exec_stop(void *exec)
 {
-    mpi_shutdown(exec, true);
+    return mpi_shutdown(exec, true);
 }
 
 static void mpi_free(void *state)

@@ -463,8 +463,9 @@ int mproc_mpi_finalize(void)
     }
     void *exec = mpi__g.exec;
     pthread_mutex_unlock(&mpi__g.mu);
-    if (exec)
-        mpi__exec_stop(exec); /* its tasks end first; it stops using MPI */
+    int rc = exec ? mpi__exec_stop(exec) : 0; /* its tasks end first; it stops using MPI */
+    if (rc)
+        return fail(rc, "mproc_mpi_finalize: called from a done-callback of the executor");
     pthread_mutex_lock(&mpi__g.mu);
     mpi__g.state = MG_DOWN;
     for (int w = 1; w < mpi__g.size; w++)

@@ -108,8 +108,9 @@ void mpi__peer_dead(int w);
 /* Keep a buffer an abandoned MPI request may still point to until finalize. */
 void mpi__bury(void *buf);
 
-/* Shut the live executor down (wait) before finalize (executor.c). */
-void mpi__exec_stop(void *exec);
+/* Shut the live executor down (wait) before finalize (executor.c): 0, or
+ * MPROC_EDEADLK from its own thread (a done-callback). */
+int mpi__exec_stop(void *exec);
 
 /* The worker rank's loop (worker.c): 0 after rank 0's STOP, 1 when rank 0
  * is gone (or the worker cannot go on). */
