@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mproc.h"
@@ -257,6 +258,28 @@ static void test_options_and_misuse(void)
     mproc_future *f = NULL;
     CHECK_EQ(mproc_executor_submit(ex, mproc_task_bytes(rev), i, &f), MPROC_EINVAL);
     CHECK(f == NULL);
+    mproc_value_free(i);
+    /* a fork child of rank 0: errors, no hang, nothing freed under the parent */
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        mproc_value *a = mproc_value_int(2);
+        mproc_future *cf = NULL;
+        int ok = mproc_executor_submit(ex, mproc_task_value(sq), a, &cf) == MPROC_ESTATE &&
+                 mproc_executor_shutdown(ex, true, false) == MPROC_ESTATE &&
+                 mproc_mpi_finalize() == MPROC_ESTATE;
+        mproc_executor_free(ex);
+        _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    f = NULL;
+    i = mproc_value_int(5);
+    CHECK_OK(mproc_executor_submit(ex, mproc_task_value(sq), i, &f)); /* still fine here */
+    CHECK_EQ(result_int(f), 25);
+    mproc_future_free(f);
     mproc_value_free(i);
     mproc_executor_free(ex);
     ex = ex_new(0); /* the ranks are free again */

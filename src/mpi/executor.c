@@ -856,6 +856,8 @@ static int mpi_shutdown(void *state, bool wait)
 {
     mexec *x = state;
     int rc = 0;
+    if (x->pid != getpid()) /* a fork child: no dispatcher here to wait for */
+        return fail(MPROC_ESTATE, "MPI executor: not usable in a fork child");
     pthread_mutex_lock(&x->mu);
     if (!x->closing) {
         x->closing = true;
