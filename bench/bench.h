@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <mproc/core.h>
+#include <mproc/pool.h>
 
 /* Set by each program to its name, for error messages. */
 static const char *bench_prog = "bench";
@@ -47,6 +48,27 @@ static inline double median(double *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* A list of the ints 0..n-1. */
+static inline mproc_value *bench_int_list(long n)
+{
+    mproc_value *l = mproc_value_list();
+    if (!l)
+        die("mproc_value_list", MPROC_ENOMEM);
+    for (long i = 0; i < n; i++)
+        OK(mproc_value_append(l, mproc_value_int(i)));
+    return l;
+}
+
+/* The value task of the pool benchmarks: the square of an int. */
+static inline int bench_sq_value(const mproc_value *arg, mproc_value **out)
+{
+    if (mproc_value_type(arg) != MPROC_V_INT)
+        return mproc_task_error("square: not an int");
+    int64_t x = mproc_value_as_int(arg);
+    *out = mproc_value_int(x * x);
+    return *out ? 0 : MPROC_ENOMEM;
 }
 
 /* A rate for a table cell: 1.23M, 45.6k, 789. */

@@ -53,25 +53,6 @@ static const size_t chunks[NW] = {1, 1000};
 static const char *const mpikeys[NW] = {"mpi_cs1", "mpi_cs1000"};
 static const char *const pykeys[NW] = {"py_cs1", "py_cs1000"};
 
-static int sq_value(const mproc_value *arg, mproc_value **out)
-{
-    if (mproc_value_type(arg) != MPROC_V_INT)
-        return mproc_task_error("square: not an int");
-    int64_t x = mproc_value_as_int(arg);
-    *out = mproc_value_int(x * x);
-    return *out ? 0 : MPROC_ENOMEM;
-}
-
-static mproc_value *int_list(long n)
-{
-    mproc_value *l = mproc_value_list();
-    if (!l)
-        die("mproc_value_list", MPROC_ENOMEM);
-    for (long i = 0; i < n; i++)
-        OK(mproc_value_append(l, mproc_value_int(i)));
-    return l;
-}
-
 /* One timed map of sq over items with chunksize cs: items per second. */
 static double run_map(mproc_executor *ex, const mproc_value *items, size_t cs)
 {
@@ -81,7 +62,7 @@ static double run_map(mproc_executor *ex, const mproc_value *items, size_t cs)
         die("malloc", MPROC_ENOMEM);
     mproc_imap *it = NULL;
     double t0 = now_s();
-    OK(mproc_executor_map(ex, mproc_task_value(sq_value), items, cs, &it));
+    OK(mproc_executor_map(ex, mproc_task_value(bench_sq_value), items, cs, &it));
     for (size_t i = 0; i < n; i++) {
         mproc_value *v = NULL;
         OK(mproc_imap_next(it, &v, NULL, CALL_TIMEOUT_S));
@@ -102,7 +83,7 @@ static double run_map(mproc_executor *ex, const mproc_value *items, size_t cs)
 /* Medians of `rounds` maps per chunksize, interleaved round by round. */
 static void measure(mproc_executor *ex, long n, int rounds, double med[NW])
 {
-    mproc_value *items = int_list(n), *warm = int_list(200);
+    mproc_value *items = bench_int_list(n), *warm = bench_int_list(200);
     run_map(ex, warm, 1);
     run_map(ex, warm, 50);
     double v[NW][99];

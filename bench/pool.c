@@ -84,15 +84,6 @@ static int sq_elem(const void *in, void *out, const void *arg)
     return 0;
 }
 
-static int sq_value(const mproc_value *arg, mproc_value **out)
-{
-    if (mproc_value_type(arg) != MPROC_V_INT)
-        return mproc_task_error("square: not an int");
-    int64_t x = mproc_value_as_int(arg);
-    *out = mproc_value_int(x * x);
-    return *out ? 0 : MPROC_ENOMEM;
-}
-
 /* ---------------------------------------------------------------- helpers */
 
 static void *xmalloc(size_t n)
@@ -109,17 +100,6 @@ static void fail(const char *what)
 {
     fprintf(stderr, "bench_pool: %s: wrong result\n", what);
     exit(1);
-}
-
-/* A list of the ints 0..n-1. */
-static mproc_value *int_list(long n)
-{
-    mproc_value *l = mproc_value_list();
-    if (!l)
-        die("mproc_value_list", MPROC_ENOMEM);
-    for (long i = 0; i < n; i++)
-        OK(mproc_value_append(l, mproc_value_int(i)));
-    return l;
 }
 
 /* Sum of i*i for i in 0..n-1. */
@@ -176,7 +156,7 @@ static double run_map(mproc_pool *pool, inputs *in)
     long n = in->n[W_MAP];
     mproc_value *out = NULL;
     double t0 = now_s();
-    OK(mproc_pool_map(pool, mproc_task_value(sq_value), in->map_items, NULL, &out,
+    OK(mproc_pool_map(pool, mproc_task_value(bench_sq_value), in->map_items, NULL, &out,
                       CALL_TIMEOUT_S));
     double dt = now_s() - t0;
     if (!out || mproc_value_type(out) != MPROC_V_LIST || mproc_value_len(out) != (size_t)n)
@@ -199,7 +179,7 @@ static double run_imap_unordered(mproc_pool *pool, inputs *in)
     uint64_t s = 0;
     long got = 0;
     double t0 = now_s();
-    OK(mproc_pool_imap_unordered(pool, mproc_task_value(sq_value), in->imap_items, &o, &it));
+    OK(mproc_pool_imap_unordered(pool, mproc_task_value(bench_sq_value), in->imap_items, &o, &it));
     for (;;) {
         mproc_value *v = NULL;
         size_t idx = 0;
@@ -229,7 +209,7 @@ static double run_apply_async(mproc_pool *pool, inputs *in)
     double t0 = now_s();
     for (long i = 0; i < n; i++) {
         mproc_value *arg = mproc_value_int(i);
-        OK(mproc_pool_apply_async(pool, mproc_task_value(sq_value), arg, NULL, &rs[i]));
+        OK(mproc_pool_apply_async(pool, mproc_task_value(bench_sq_value), arg, NULL, &rs[i]));
         mproc_value_free(arg);
     }
     for (long i = 0; i < n; i++) {
@@ -254,7 +234,7 @@ static double run_executor(mproc_executor *ex, long n)
     double t0 = now_s();
     for (long i = 0; i < n; i++) {
         mproc_value *arg = mproc_value_int(i);
-        OK(mproc_executor_submit(ex, mproc_task_value(sq_value), arg, &fs[i]));
+        OK(mproc_executor_submit(ex, mproc_task_value(bench_sq_value), arg, &fs[i]));
         mproc_value_free(arg);
     }
     for (long i = 0; i < n; i++) {
@@ -362,8 +342,8 @@ int main(int argc, char **argv)
     in.arr_out = xmalloc((size_t)in.n[W_MAP_ARRAY] * sizeof(int64_t));
     for (long i = 0; i < in.n[W_MAP_ARRAY]; i++)
         in.arr_in[i] = i;
-    in.map_items = int_list(in.n[W_MAP]);
-    in.imap_items = int_list(in.n[W_IMAPU]);
+    in.map_items = bench_int_list(in.n[W_MAP]);
+    in.imap_items = bench_int_list(in.n[W_IMAPU]);
     in.seen = xmalloc((size_t)in.n[W_IMAPU]);
 
     double v[NW][99];
@@ -376,9 +356,9 @@ int main(int argc, char **argv)
         OK(mproc_pool_new(&pool, &po));
         /* Warm-up: every worker runs a task on each path. */
         {
-            mproc_value *items = int_list(100), *out = NULL;
+            mproc_value *items = bench_int_list(100), *out = NULL;
             mproc_call_opts o = {.chunksize = 1};
-            OK(mproc_pool_map(pool, mproc_task_value(sq_value), items, &o, &out, CALL_TIMEOUT_S));
+            OK(mproc_pool_map(pool, mproc_task_value(bench_sq_value), items, &o, &out, CALL_TIMEOUT_S));
             mproc_value_free(out);
             mproc_value_free(items);
             int64_t a[100], b[100];
@@ -417,7 +397,7 @@ int main(int argc, char **argv)
             mproc_value *arg = mproc_value_int(i);
             mproc_future *f = NULL;
             const mproc_value *out = NULL;
-            OK(mproc_executor_submit(ex, mproc_task_value(sq_value), arg, &f));
+            OK(mproc_executor_submit(ex, mproc_task_value(bench_sq_value), arg, &f));
             mproc_value_free(arg);
             OK(mproc_future_result(f, &out, CALL_TIMEOUT_S));
             mproc_future_free(f);

@@ -621,48 +621,53 @@ static void test_tasks_spread_over_ranks_and_max_workers(void)
     }
 }
 
-static void test_rank_killed_by_a_task_fails_that_task_others_go_on(void)
+/* On a fresh executor (so its batch holds it alone), submit a task that ends
+ * its rank, then n squares (some queued behind it on that rank); the killer
+ * fails with MPROC_EWORKER and the rank count drops by one. */
+static mproc_executor *kill_one(mproc_value_fn killer, mproc_future **fs, int n, int *before)
 {
-    int before = mproc_mpi_workers();
+    *before = mproc_mpi_workers();
     mproc_executor *ex = ex_new(0);
-    /* first on a fresh executor: a batch of its own */
-    mproc_future *k = submit_int(ex, kill_self, 0), *fs[6];
-    for (int i = 0; i < 6; i++)
-        fs[i] = submit_int(ex, sq, i + 20); /* some queued behind it on its rank */
+    mproc_future *k = submit_int(ex, killer, 0);
+    for (int i = 0; i < n; i++)
+        fs[i] = submit_int(ex, sq, i + 20);
     const mproc_value *v = NULL;
     CHECK_EQ(mproc_future_result(k, &v, T), MPROC_EWORKER);
     CHECK(strstr(mproc_future_error(k), "died while running this task") != NULL);
-    CHECK_EQ(mproc_mpi_workers(), before - 1);
+    CHECK_EQ(mproc_mpi_workers(), *before - 1);
+    mproc_future_free(k);
+    return ex;
+}
+
+static void test_rank_killed_by_a_task_fails_that_task_others_go_on(void)
+{
+    mproc_future *fs[6];
+    int before;
+    mproc_executor *ex = kill_one(kill_self, fs, 6, &before);
     for (int i = 0; i < 6; i++) { /* the ones behind it were not started: rerun elsewhere */
         CHECK_EQ(result_int(fs[i]), (i + 20) * (i + 20));
         mproc_future_free(fs[i]);
     }
-    mproc_future_free(k);
     mproc_executor_free(ex);
 }
 
 static void test_rank_exiting_in_a_task_fails_that_task(void)
 {
-    int before = mproc_mpi_workers();
-    mproc_executor *ex = ex_new(0);
-    mproc_future *k = submit_int(ex, exit_self, 0), *fs[4];
-    for (int i = 0; i < 4; i++)
-        fs[i] = submit_int(ex, sq, i);
-    const mproc_value *v = NULL;
-    CHECK_EQ(mproc_future_result(k, &v, T), MPROC_EWORKER);
-    CHECK_EQ(mproc_mpi_workers(), before - 1);
+    mproc_future *fs[4];
+    int before;
+    mproc_executor *ex = kill_one(exit_self, fs, 4, &before);
     for (int i = 0; i < 4; i++) {
+        const mproc_value *v = NULL;
         int rc = mproc_future_result(fs[i], &v, T);
         if (before > 1) { /* others are left: they ran there */
             CHECK_OK(rc);
-            CHECK_EQ(mproc_value_as_int(v), i * i);
+            CHECK_EQ(mproc_value_as_int(v), (i + 20) * (i + 20));
         } else { /* that was the last rank: no hang, an error */
             CHECK_EQ(rc, MPROC_EWORKER);
             CHECK(strstr(mproc_future_error(fs[i]), "rank") != NULL);
         }
         mproc_future_free(fs[i]);
     }
-    mproc_future_free(k);
     mproc_executor_free(ex);
 }
 

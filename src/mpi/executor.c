@@ -88,18 +88,26 @@ typedef struct mexec {
 
 /* ------------------------------------------------------------ task queues */
 
+/* Room for one more in a tmeta array of n used out of *cap. */
+static int meta_room(tmeta **m, size_t n, size_t *cap)
+{
+    if (n < *cap)
+        return 0;
+    size_t nc = *cap ? *cap * 2 : 64;
+    tmeta *g = realloc(*m, nc * sizeof *g);
+    if (!g)
+        return MPROC_ENOMEM;
+    *m = g;
+    *cap = nc;
+    return 0;
+}
+
 static int q_push(taskq *q, const tmeta *t)
 {
-    if (q->n == q->cap) {
-        size_t nc = q->cap ? q->cap * 2 : 256;
-        tmeta *m = realloc(q->m, nc * sizeof *m);
-        if (!m)
-            return MPROC_ENOMEM;
-        q->m = m;
-        q->cap = nc;
-    }
-    q->m[q->n++] = *t;
-    return 0;
+    int rc = meta_room(&q->m, q->n, &q->cap);
+    if (!rc)
+        q->m[q->n++] = *t;
+    return rc;
 }
 
 static size_t q_len(const taskq *q)
@@ -397,17 +405,11 @@ static int teach(mexec *x, wstate *w)
 
 static int batch_add(batch *b, const uint8_t *rec, const tmeta *t)
 {
-    if (b->n == b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 64;
-        tmeta *m = realloc(b->m, nc * sizeof *m);
-        if (!m)
-            return MPROC_ENOMEM;
-        b->m = m;
-        b->cap = nc;
-    }
     tmeta c = *t;
     c.off = b->buf.len;
-    int rc = mproc_buf_append(&b->buf, rec, t->len);
+    int rc = meta_room(&b->m, b->n, &b->cap);
+    if (!rc)
+        rc = mproc_buf_append(&b->buf, rec, t->len);
     if (!rc)
         b->m[b->n++] = c;
     return rc;
