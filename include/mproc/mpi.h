@@ -67,7 +67,9 @@ typedef struct mproc_mpi_opts {
  * Without mpirun (a singleton: world size 1) it returns 0 with no worker
  * ranks; mproc_executor_new on the MPI backend then fails with MPROC_ESTATE
  * and says how to launch. It also ignores SIGPIPE if it was at its default,
- * since Open MPI's TCP transport writes to sockets of ranks that may have died.
+ * since Open MPI's TCP transport writes to sockets of ranks that may have
+ * died, and sets OMPI_MCA_async_mpi_finalize=1 unless set (Open MPI's
+ * finalize fence can hang after a rank died; docs/scale-out.md).
  *
  * Errors (rank 0): MPROC_ESTATE (called twice, or MPI already initialised
  * below MPI_THREAD_SERIALIZED), MPROC_EIO (an MPI call failed), the socket

@@ -60,7 +60,7 @@ typedef struct mresult {
 #define MARK_RESULT 'R'
 enum { CH_MARK = 0, CH_WAKE = 1 };
 
-/* The hello a worker sends on each connection. */
+/* The hello a worker sends on each connection; rank 0 answers one byte. */
 typedef struct mhello {
     uint8_t token[16]; /* random, from rank 0 over MPI: only our ranks connect */
     uint32_t rank;
