@@ -22,7 +22,6 @@
 #define BATCH_MAX_TASKS 4096
 #define BATCH_TARGET_NS 2e6        /* aim for this much work per batch */
 #define MSG_MAX ((size_t)INT_MAX)  /* MPI counts are ints */
-#define REC_HEAD 8                 /* {u32 fn_id, u32 nitems} */
 
 /* A submitted task: its record {u32 fn_id, u32 nitems, items {u32 len,
  * bytes}} lives at [off, off + len) in its queue's bytes. */
