@@ -234,3 +234,8 @@ int mproc__auth_answer(mproc_connection *c, const void *key, size_t klen, mproc_
         return mproc__fail(MPROC_EAUTH, "handshake: digest sent was rejected (authkey differs)");
     return 0;
 }
+
+void mproc__auth_thread_done(void)
+{
+    OPENSSL_thread_stop();
+}

@@ -77,5 +77,9 @@ int mproc__auth_challenge(const char *digest, uint8_t *out, size_t *outlen);
 int mproc__auth_deliver(mproc_connection *c, const void *key, size_t klen, const char *digest,
                         mproc_deadline d);
 int mproc__auth_answer(mproc_connection *c, const void *key, size_t klen, mproc_deadline d);
+/* A thread that ran a handshake and is about to end frees OpenSSL's state
+ * for it now, while whoever waits for the thread still waits (OpenSSL
+ * would free it at thread exit, after the wait, racing process exit). */
+void mproc__auth_thread_done(void);
 
 #endif

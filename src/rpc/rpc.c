@@ -991,6 +991,8 @@ static void *conn_main(void *arg)
     }
     rpc__shm_free(sc->shm);
     mproc__buf_free(&out);
+    if (s->o.authkey)
+        mproc__auth_thread_done(); /* before stop can see this thread gone */
     free(sc->st.buf);
     pthread_mutex_lock(&s->mu);
     conn_unlink_locked(s, sc);
