@@ -2169,6 +2169,21 @@ MTEST(test_python_bad_frames_get_typeerror_and_connection_goes_on)
         {NULL, 0, list_of(3, mproc_value_str("add"), ints2(1, 2), mproc_value_nil()), "3"},
         {NULL, 0, py_req("add", ints2(20, 22)), "42"},
         {NULL, 0, py_req("nosuch", mproc_value_list()), "AttributeError"},
+        /* the outer layer read without decoding it: each bytes op, with
+         * and without PROTO, FRAME and MEMOIZE, and lengths that lie */
+#define INNER "\x80\x04\x8c\x03" "add" "K\x14K\x16\x86}\x87." /* ('add', (20, 22), {}) */
+        {"\x80\x04" "B\x0f\x00\x00\x00" INNER ".", 23, NULL, "42"},
+        {"\x8e\x0f\x00\x00\x00\x00\x00\x00\x00" INNER ".", 25, NULL, "42"},
+        {"\x80\x04\x95\x12\x00\x00\x00\x00\x00\x00\x00" "C\x0f" INNER "\x94.", 30, NULL, "42"},
+        {"\x80\x04" "C\x14" INNER ".", 20, NULL, "TypeError"},
+        {"\x80\x04" "C\x0e" INNER ".", 20, NULL, "TypeError"},
+        {"\x80\x04" "C\x0f" INNER ".x", 21, NULL, "TypeError"},
+        {"\x80\x04" "C\x0f" INNER, 19, NULL, "TypeError"},
+        {"\x80\x04" "C\x0f" INNER "\x94", 20, NULL, "TypeError"},
+        {"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\xff" INNER ".", 27, NULL, "TypeError"},
+        {"\x80\x04\x95\x01", 4, NULL, "TypeError"},
+        {"\x80\x04" "B\x0f\x00", 5, NULL, "TypeError"},
+#undef INNER
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mproc_buf m = {0};

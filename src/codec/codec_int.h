@@ -90,6 +90,13 @@ const char *mproc__py_type_name(const mproc_value *v);
 /* Shortest round-trip repr of a double, Python style ("1.0", "1e+16", "inf"). */
 void mproc__float_repr(double d, char *buf, size_t len);
 
+/* Pickle ops written without PROTO and STOP, for protocol code that frames
+ * pickles by hand (the RPC's Python wire): the ops that push `v`, or the str
+ * `s` (n bytes, UTF-8 not checked). Append to `b`; on error `b` is as it was
+ * (body) and errmsg says why (MPROC_EINVAL: a value pickle cannot hold). */
+int mproc__pickle_body(mproc_buf *b, const mproc_value *v);
+int mproc__pickle_text(mproc_buf *b, const char *s, size_t n);
+
 /* MessagePack headers written by hand, for protocol code that frames
  * values without building a tree (manager and RPC wires). Append to `b`. */
 static inline int mproc__mp_raw(mproc_buf *b, const void *p, size_t n)

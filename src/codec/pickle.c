@@ -1334,6 +1334,20 @@ static int penc(mproc_buf *b, const mproc_value *v, unsigned depth)
     }
 }
 
+int mproc__pickle_body(mproc_buf *b, const mproc_value *v)
+{
+    size_t mark = b->len;
+    int rc = penc(b, v, 0);
+    if (rc)
+        b->len = mark;
+    return rc;
+}
+
+int mproc__pickle_text(mproc_buf *b, const char *s, size_t n)
+{
+    return put_text(b, s, n);
+}
+
 int mproc_pickle_encode(const mproc_value *v, int protocol, mproc_buf *out)
 {
     if (!v || !out)

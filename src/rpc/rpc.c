@@ -246,35 +246,91 @@ static void req_free(rpc_req *r)
     memset(r, 0, sizeof *r);
 }
 
-/* Python wire: a frame is pickle(bytes(pickle(x))). */
+/* Python wire: a frame is pickle(bytes(pickle(x))) — what the seed's
+ * conn.send(pickle.dumps(x)) writes. Both layers are written in one pass:
+ * the outer BINBYTES8 length is patched once the inner pickle is out. */
+#define PY_FRAME_HEAD 13 /* PROTO 4, BINBYTES8 + 8-byte length, inner PROTO 4 */
+
+static int py_frame_begin(mproc_buf *b, size_t *at)
+{
+    static const uint8_t head[PY_FRAME_HEAD] = {0x80, 4, 0x8e, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 4};
+    *at = b->len;
+    return mproc_buf_append(b, head, sizeof head);
+}
+
+static int py_frame_end(mproc_buf *b, size_t at)
+{
+    static const uint8_t stop = '.';
+    if (mproc_buf_append(b, &stop, 1))
+        return MPROC_ENOMEM;
+    uint64_t n = b->len - at - 11; /* the inner pickle, from its PROTO to its STOP */
+    for (int i = 0; i < 8; i++)
+        b->data[at + 3 + (size_t)i] = (uint8_t)(n >> (8 * i));
+    return mproc_buf_append(b, &stop, 1);
+}
+
+/* The inner pickle of a frame shaped as Python writes it (PROTO, FRAME,
+ * a bytes op, MEMOIZE, STOP; FRAME and MEMOIZE optional), found without
+ * decoding the outer layer. NULL when the frame has another shape: the
+ * caller decodes it in full. */
+static const uint8_t *py_inner(const uint8_t *p, size_t len, size_t *n)
+{
+    size_t i = 0;
+    if (len >= 2 && p[0] == 0x80)
+        i = 2;
+    if (len - i >= 9 && p[i] == 0x95)
+        i += 9;
+    if (i >= len)
+        return NULL;
+    size_t w = p[i] == 'C' ? 1 : p[i] == 'B' ? 4 : p[i] == 0x8e ? 8 : 0;
+    if (!w || len - i - 1 < w)
+        return NULL;
+    uint64_t k = 0;
+    for (size_t j = 0; j < w; j++)
+        k |= (uint64_t)p[i + 1 + j] << (8 * j);
+    i += 1 + w;
+    if (k > len - i)
+        return NULL;
+    size_t end = i + (size_t)k;
+    size_t rest = len - end;
+    if (!(rest == 1 && p[end] == '.') && !(rest == 2 && p[end] == 0x94 && p[end + 1] == '.'))
+        return NULL;
+    *n = (size_t)k;
+    return p + i;
+}
+
 static int py_unwrap(const void *data, size_t len, mproc_value **out)
 {
+    size_t n;
+    const uint8_t *inner = py_inner(data, len, &n);
+    if (inner)
+        return mproc_pickle_decode(inner, n, NULL, out);
     mproc_value *outer = NULL;
     int rc = mproc_pickle_decode(data, len, NULL, &outer);
     if (rc)
         return rc;
-    size_t n;
-    const void *inner = mproc_value_as_bytes(outer, &n);
+    const void *b = mproc_value_as_bytes(outer, &n);
     if (mproc_value_type(outer) != MPROC_V_BYTES) {
         /* a client that sends the tuple itself (conn.send((name, args, kwargs))) */
         *out = outer;
         return 0;
     }
-    rc = mproc_pickle_decode(inner, n, NULL, out);
+    rc = mproc_pickle_decode(b, n, NULL, out);
     mproc_value_free(outer);
     return rc;
 }
 
+/* A Python-wire frame holding `v` (None when NULL). */
 static int py_wrap(const mproc_value *v, mproc_buf *out)
 {
-    mproc_buf inner = {0};
-    int rc = mproc_pickle_encode(v, 4, &inner);
-    if (!rc) {
-        mproc_value *b = mproc_value_bytes(inner.data, inner.len);
-        rc = b ? mproc_pickle_encode(b, 4, out) : MPROC_ENOMEM;
-        mproc_value_free(b);
-    }
-    mproc__buf_free(&inner);
+    size_t at, mark = out->len;
+    int rc = py_frame_begin(out, &at);
+    if (!rc)
+        rc = v ? mproc__pickle_body(out, v) : mproc_buf_append(out, "N", 1);
+    if (!rc)
+        rc = py_frame_end(out, at);
+    if (rc)
+        out->len = mark;
     return rc;
 }
 
@@ -1318,20 +1374,21 @@ static int encode_call(mproc_rpc_proxy *p, int kind, uint32_t msgid, const char 
             rc = args ? mproc_msgpack_encode(args, b) : mproc__mp_array(b, 0);
         return rc;
     }
-    mproc_value *m = mproc_value_list();
-    if (!m)
-        return MPROC_ENOMEM;
-    mproc_value *a = args ? mproc_value_copy(args) : mproc_value_list();
-    mproc_value *k = kwargs ? mproc_value_copy(kwargs) : mproc_value_map();
-    int rc = 0;
-    if (mproc_value_append(m, mproc_value_str(method)) || mproc_value_append(m, a) ||
-        mproc_value_append(m, k))
-        rc = MPROC_ENOMEM;
-    /* a tuple on the Python side: our LIST pickles as a list, which
-     * unpacks the same in `name, args, kwargs = ...` */
+    /* (name, args, kwargs): a TUPLE3 around the name, the args (a list,
+     * which unpacks as the seed's tuple does) and the kwargs dict */
+    mproc_buf *b = &p->out;
+    size_t at;
+    int rc = py_frame_begin(b, &at);
     if (!rc)
-        rc = py_wrap(m, &p->out);
-    mproc_value_free(m);
+        rc = mproc__pickle_text(b, method, strlen(method));
+    if (!rc)
+        rc = args ? mproc__pickle_body(b, args) : mproc_buf_append(b, "]", 1);
+    if (!rc)
+        rc = kwargs ? mproc__pickle_body(b, kwargs) : mproc_buf_append(b, "}", 1);
+    if (!rc)
+        rc = mproc_buf_append(b, "\x87", 1);
+    if (!rc)
+        rc = py_frame_end(b, at);
     return rc;
 }
 
