@@ -215,6 +215,14 @@ void mproc__queue_set_spin(struct mproc_queue *q, int polls);
  * (a short gap notices it sooner) and the peer may need this very CPU
  * (more runnable threads than cores). */
 void mproc__queue_set_wait(struct mproc_queue *q, int spin_polls, int gap, int yield_polls);
+/* A get in the middle of a message larger than a quarter of the ring waits
+ * for the rest past its deadline while the producer lives (a queue gives no
+ * half messages). With a hook, it asks fn(arg) every 20 ms of silence and
+ * ends with MPROC_ECANCELED when it says true: the part read is dropped,
+ * and later gets drop the rest. For channels whose peer can stall without
+ * dying (SIGSTOP) and whose user has its own way to tell it is gone. Set
+ * before the handle is used; NULL removes it. */
+void mproc__queue_set_give_up(struct mproc_queue *q, bool (*fn)(void *arg), void *arg);
 
 /* How long one queue put of `len` bytes may take before its caller looks
  * whether the peer still lives: a message larger than the ring streams

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "mtest.h"
@@ -60,6 +61,21 @@ FN(fn_block)
     return give(result, mproc_value_str("late"));
 }
 
+/* block_tid(n): as block(n), but says its thread id instead of "e" */
+FN(fn_block_tid)
+{
+    (void)kwargs, (void)ud;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (mproc_write_all(g_entered[1], &tid, sizeof tid) != 0)
+        return mproc_rpc_error("OSError", "cannot signal entry");
+    char c;
+    if (mproc_wait_fd(g_release[0], POLLIN, 30.0) != 0 || read(g_release[0], &c, 1) != 1)
+        return mproc_rpc_error("TimeoutError", "never released");
+    if (nargs != 1 || !is_int(args[0]))
+        return mproc_rpc_error("TypeError", "block_tid(n) takes an int");
+    return give(result, pattern((size_t)mproc_value_as_int(args[0]), 9));
+}
+
 static mproc_rpc_handler *new_handler(void)
 {
     static const struct {
@@ -67,7 +83,8 @@ static mproc_rpc_handler *new_handler(void)
         mproc_rpc_fn fn;
     } fns[] = {{"add", fn_add},   {"div", fn_div},     {"fail_code", fn_fail_code},
                {"echo", fn_echo}, {"scale", fn_scale}, {"record", fn_record},
-               {"recorded", fn_recorded}, {"big", fn_big}, {"block", fn_block}};
+               {"recorded", fn_recorded}, {"big", fn_big}, {"block", fn_block},
+               {"block_tid", fn_block_tid}};
     mproc_rpc_handler *h;
     CHECK_OK(mproc_rpc_handler_new(&h));
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
@@ -881,6 +898,137 @@ MTEST(test_server_killed_mid_stream_ends_the_call)
     mproc_rpc_close(j.p);
 }
 
+/* Wait until thread `tid` of `pid` sleeps on a futex (its wchan says so):
+ * a queue waiter that has stopped spinning. */
+static void wait_futex_sleep(pid_t pid, pid_t tid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/wchan", (int)pid, (int)tid);
+    mproc_deadline d = mproc_deadline_after(30.0);
+    for (;;) {
+        char w[64] = "";
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        CHECK(fd >= 0);
+        ssize_t n = read(fd, w, sizeof w - 1);
+        close(fd);
+        if (n > 0 && strstr(w, "futex"))
+            return;
+        CHECK(!mproc_deadline_expired(d));
+        sched_yield();
+    }
+}
+
+/* The client of the frozen-client test: block_tid() as a notification (the
+ * server's thread for this connection stops reading), then a request
+ * larger than the ring, which fills the ring and waits for room. */
+static void frozen_client(const char *addr, int tick)
+{
+    mproc_rpc_proxy *p;
+    if (mproc_rpc_connect(&p, addr, NULL) != 0 || !mproc_rpc_proxy_shm(p))
+        _exit(2);
+    mproc_value *z = list_of(1, mproc_value_int(0));
+    if (mproc_rpc_notify(p, "block_tid", z) != 0 || mproc_write_all(tick, "t", 1) != 0)
+        _exit(2);
+    mproc_value *a = list_of(1, pattern((size_t)8 << 20, 3));
+    mproc_rpc_call(p, "add", a, NULL, 30.0);
+    _exit(1); /* not reached: frozen, then killed */
+}
+
+/* A client frozen (SIGSTOP: alive, holding its queue's lock) in the middle
+ * of a request larger than the ring: the server's thread waits for the
+ * rest, and stop must still end at its timeout by cutting the connection. */
+MTEST(test_stop_cuts_a_client_frozen_mid_request)
+{
+    rig_open();
+    mproc_rpc_handler *h = new_handler();
+    mproc_rpc_server_opts so = sopts(MPROC_RPC_MSGPACK, false);
+    mproc_rpc_server *s = serve(h, ABSTRACT, &so);
+    int tp[2];
+    CHECK(pipe2(tp, O_CLOEXEC) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0)
+        frozen_client(mproc_rpc_server_address(s), tp[1]);
+    close(tp[1]);
+    pid_t tid; /* the server's thread for this client */
+    CHECK_OK(mproc_wait_fd(g_entered[0], POLLIN, 30.0));
+    CHECK_EQ(read(g_entered[0], &tid, sizeof tid), (ssize_t)sizeof tid);
+    char c;
+    CHECK_OK(mproc_wait_fd(tp[0], POLLIN, 30.0));
+    CHECK_EQ(read(tp[0], &c, 1), 1);
+    wait_futex_sleep(pid, pid); /* the ring is full, the request half sent */
+    CHECK_EQ(kill(pid, SIGSTOP), 0);
+    int st;
+    CHECK_EQ(waitpid(pid, &st, WUNTRACED), pid);
+    CHECK(WIFSTOPPED(st));
+    release_one(); /* the server's thread reads the ring, then waits for the rest */
+    wait_futex_sleep(getpid(), tid);
+    double t0 = mproc_monotonic();
+    int rc = mproc_rpc_server_stop(s, 0.3);
+    double took = mproc_monotonic() - t0;
+    printf("stop with a client frozen mid-request: %s after %.3f s\n", mproc_errname(rc), took);
+    CHECK(rc == 0 || rc == MPROC_ETIMEDOUT);
+    CHECK(took < 5.0);
+    CHECK_EQ(mproc_rpc_server_connections(s), 0);
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    reap_killed(pid);
+    close(tp[0]);
+    mproc_rpc_server_free(s);
+    mproc_rpc_handler_free(h);
+    rig_close();
+}
+
+/* The mirror: a server frozen in the middle of an answer larger than the
+ * ring. A call waiting for it ends at its timeout (not when the server
+ * resumes), and once the server resumes the proxy goes on, the late
+ * answers dropped. */
+MTEST(test_call_timeout_holds_with_a_server_frozen_mid_answer)
+{
+    rig_open();
+    mproc_rpc_server_opts so = sopts(MPROC_RPC_MSGPACK, false);
+    char addr[128];
+    pid_t pid = fork_server(&so, addr, sizeof addr);
+    mproc_rpc_proxy *p = NULL;
+    mproc_rpc_proxy_opts po = popts(&so);
+    CHECK_OK(mproc_rpc_connect(&p, addr, &po));
+    CHECK(mproc_rpc_proxy_shm(p));
+    /* block_tid(8 MiB) times out while it waits; released, its answer fills
+     * the ring nobody reads and the server's thread sleeps for room */
+    CHECK_EQ(call_rc(p, "block_tid", list_of(1, mproc_value_int((int64_t)8 << 20)), 0.2),
+             MPROC_ETIMEDOUT);
+    pid_t tid;
+    CHECK_OK(mproc_wait_fd(g_entered[0], POLLIN, 30.0));
+    CHECK_EQ(read(g_entered[0], &tid, sizeof tid), (ssize_t)sizeof tid);
+    release_one();
+    wait_futex_sleep(pid, tid);
+    CHECK_EQ(kill(pid, SIGSTOP), 0);
+    int st;
+    CHECK_EQ(waitpid(pid, &st, WUNTRACED), pid);
+    CHECK(WIFSTOPPED(st));
+    /* this call reads the frozen answer's first part, then waits for the rest */
+    double t0 = mproc_monotonic();
+    int rc = call_rc(p, "add", ints2(1, 2), 1.0);
+    double took = mproc_monotonic() - t0;
+    printf("call with the server frozen mid-answer: %s after %.3f s\n", mproc_errname(rc), took);
+    CHECK_EQ(rc, MPROC_ETIMEDOUT);
+    CHECK(took < 4.0);
+    CHECK_EQ(kill(pid, SIGCONT), 0);
+    CHECK_EQ(waitpid(pid, &st, WCONTINUED), pid);
+    CHECK_EQ(call_int(p, "add", ints2(20, 22)), 42);
+    mproc_value *r = NULL, *a = list_of(1, mproc_value_int(1000000));
+    CHECK_OK(mproc_rpc_call(p, "big", a, &r, 30.0));
+    mproc_value *want = pattern(1000000, 7);
+    CHECK(mproc_value_equal(r, want));
+    mproc_value_free(want);
+    mproc_value_free(r);
+    mproc_value_free(a);
+    mproc_rpc_close(p);
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    reap_killed(pid);
+    rig_close();
+}
+
 MTEST(test_stop_with_idle_shm_clients_is_prompt_and_they_see_eclosed)
 {
     mproc_rpc_handler *h = new_handler();
@@ -1472,6 +1620,8 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_killed_proxy_process_leaves_the_server),
         MTEST_ENTRY(test_proxy_killed_mid_stream_leaves_the_server),
         MTEST_ENTRY(test_server_killed_mid_stream_ends_the_call),
+        MTEST_ENTRY(test_stop_cuts_a_client_frozen_mid_request),
+        MTEST_ENTRY(test_call_timeout_holds_with_a_server_frozen_mid_answer),
         MTEST_ENTRY(test_stop_with_idle_shm_clients_is_prompt_and_they_see_eclosed),
         MTEST_ENTRY(test_stop_with_a_busy_client_returns_promptly_socket_and_shm),
         MTEST_ENTRY(test_connect_to_a_silent_listener_times_out_unless_no_shm),

@@ -116,6 +116,10 @@ struct mproc_queue {
     _Atomic int spin; /* polls before a waiter of this handle sleeps */
     _Atomic int yields; /* then polls with sched_yield() between them */
     _Atomic int gap;    /* pauses between two spin polls */
+    /* Asked between probes while a get waits for the rest of a message
+     * (mproc__queue_set_give_up); NULL: wait while the producer lives. */
+    bool (*give_up)(void *arg);
+    void *give_up_arg;
 };
 
 static inline void cpu_relax(void)
@@ -585,8 +589,9 @@ typedef struct sink {
 
 /* Holding get_mu in the middle of a chunked message, with the ring empty:
  * wait for the next chunk, past the caller's deadline, while its producer
- * lives (rule 3). 0: data came; 1: the producer is gone without a word (drop
- * the partial message); <0: hard error. */
+ * lives (rule 3) and the handle's give_up hook does not say stop. 0: data
+ * came; 1: the producer is gone without a word (drop the partial message);
+ * MPROC_ECANCELED: given up; <0: hard error. */
 static int rx_wait_midmsg(mproc_queue *q, uint64_t head)
 {
     q_st *st = q->st;
@@ -599,6 +604,9 @@ static int rx_wait_midmsg(mproc_queue *q, uint64_t head)
             continue;
         if (rc != MPROC_ETIMEDOUT)
             return rc;
+        if (q->give_up && q->give_up(q->give_up_arg))
+            return mproc__fail(MPROC_ECANCELED, "queue_get: gave up waiting for the rest of a "
+                                                "message (its producer stalls)");
         /* Quiet for a while: is a producer still holding put_mu? */
         int r = pthread_mutex_trylock(&st->put_mu);
         if (r == EBUSY)
@@ -764,6 +772,8 @@ static int q_wrap(mproc_shm *shm, mproc_queue **out)
     atomic_init(&q->spin, SPIN);
     atomic_init(&q->yields, 0);
     atomic_init(&q->gap, SPIN_GAP);
+    q->give_up = NULL;
+    q->give_up_arg = NULL;
     if (!membarrier_register())
         atomic_store(&q->st->async_wake, 0);
     *out = q;
@@ -1071,4 +1081,10 @@ void mproc__queue_set_wait(mproc_queue *q, int spin_polls, int gap, int yield_po
     atomic_store_explicit(&q->spin, spin_polls < 0 ? SPIN : spin_polls, memory_order_relaxed);
     atomic_store_explicit(&q->gap, gap < 0 ? SPIN_GAP : gap, memory_order_relaxed);
     atomic_store_explicit(&q->yields, yield_polls < 0 ? 0 : yield_polls, memory_order_relaxed);
+}
+
+void mproc__queue_set_give_up(mproc_queue *q, bool (*fn)(void *arg), void *arg)
+{
+    q->give_up = fn;
+    q->give_up_arg = arg;
 }

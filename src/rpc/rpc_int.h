@@ -37,7 +37,10 @@ void rpc__shm_set_spin(rpc_shm *ch, bool spin);
  * sent), MPROC_ECLOSED (the peer is gone), MPROC_EMSGSIZE. */
 int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d);
 /* The next frame (valid until the next recv): 0, MPROC_ETIMEDOUT,
- * MPROC_ECLOSED, MPROC_EMSGSIZE (over `max`: dropped), MPROC_ENOMEM. */
+ * MPROC_ECLOSED, MPROC_EMSGSIZE (over `max`: dropped), MPROC_ENOMEM. A
+ * frame larger than the ring whose sender stalls halfway (SIGSTOP) is
+ * given up when the socket ends and, on the proxy, at `d` (ETIMEDOUT; its
+ * rest is dropped by later receives); the server's `d` is only a slice. */
 int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len);
 void rpc__shm_free(rpc_shm *ch); /* NULL ok */
 

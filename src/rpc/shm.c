@@ -52,6 +52,7 @@ struct rpc_shm {
     int fd;                /* the socket: quiet, watched for the peer's end */
     uint8_t *buf;
     size_t cap;
+    mproc_deadline until; /* proxy: the deadline of the receive in progress */
 };
 
 static int boot_id(char out[40])
@@ -80,6 +81,25 @@ static rpc_shm *new_channel(int fd)
         ch->fd = fd;
     }
     return ch;
+}
+
+static bool socket_says_gone(int fd);
+
+/* A receive in the middle of a message whose sender stalls (SIGSTOP, not
+ * dead) gives up when the socket ends (the peer's end, or the server's stop
+ * cutting it) and, on the proxy, at the call's deadline too. The server
+ * waits for a stalled request while the client lives: its slices are
+ * liveness checks, not deadlines. */
+static bool server_gives_up(void *arg)
+{
+    const rpc_shm *ch = arg;
+    return socket_says_gone(ch->fd);
+}
+
+static bool proxy_gives_up(void *arg)
+{
+    const rpc_shm *ch = arg;
+    return mproc_deadline_expired(ch->until) || socket_says_gone(ch->fd);
 }
 
 void rpc__shm_free(rpc_shm *ch)
@@ -146,6 +166,7 @@ int rpc__shm_offer(int fd, size_t max_message, rpc_shm **out, mproc_value **offe
         return rc;
     }
     mproc__queue_set_wait(ch->in, SHM_SERVER_POLLS, SHM_SERVER_GAP, SHM_YIELDS);
+    mproc__queue_set_give_up(ch->in, server_gives_up, ch);
     *out = ch;
     *offer = v;
     return 0;
@@ -235,6 +256,7 @@ int rpc__shm_take(int fd, const mproc_value *offer, rpc_shm **out, bool *is_offe
         return rc;
     }
     mproc__queue_set_wait(ch->in, SHM_CALLER_POLLS, SHM_CALLER_GAP, SHM_YIELDS);
+    mproc__queue_set_give_up(ch->in, proxy_gives_up, ch);
     *out = ch;
     return 0;
 }
@@ -283,6 +305,7 @@ int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d)
 
 int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len)
 {
+    ch->until = d;
     for (;;) {
         int rc = mproc_queue_get_into(ch->in, ch->buf, ch->cap, len, slice_of(d, SHM_SLICE_S));
         if (rc == 0 && *len > max)
@@ -312,6 +335,11 @@ int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, 
             ch->cap = ncap;
             continue;
         }
+        if (rc == MPROC_ECANCELED) /* a stalled sender, mid-message: see proxy_gives_up */
+            return socket_says_gone(ch->fd)
+                       ? mproc__fail(MPROC_ECLOSED, "rpc: the other side closed the connection")
+                       : mproc__fail(MPROC_ETIMEDOUT, "rpc: the rest of a message did not come "
+                                                      "within the timeout");
         if (rc != MPROC_ETIMEDOUT)
             return rc;
         if (socket_says_gone(ch->fd))
