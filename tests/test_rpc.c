@@ -2037,6 +2037,102 @@ static mproc_value *answers(const mproc_buf *got, mproc_rpc_transport t, mproc_r
 
 /* Requests of a bad shape: answered when their msgid could be read, and the
  * connection is closed either way; the server goes on serving. */
+/* A server that answers each request of one connection with crafted bytes:
+ * answer(msgid, k, out) writes the k-th answer frame(s) for the request. */
+typedef struct crafted {
+    mproc_listener *l;
+    int (*answer)(uint32_t id, int k, mproc_buf *out, size_t *cut); /* frames: out split at cut */
+    int served;
+} crafted;
+
+static void *crafted_main(void *arg)
+{
+    crafted *cr = arg;
+    mproc_connection *c;
+    if (mproc_listener_accept(cr->l, &c, 30.0) != 0)
+        return NULL;
+    for (int k = 0;; k++) {
+        void *buf;
+        size_t n;
+        if (mproc_connection_recv_bytes(c, &buf, &n, 30.0) != 0)
+            break;
+        mproc_value *req = NULL;
+        int rc = mproc_msgpack_decode(buf, n, NULL, &req);
+        free(buf);
+        if (rc)
+            break;
+        uint32_t id = (uint32_t)mproc_value_as_int(mproc_value_at(req, 1));
+        mproc_value_free(req);
+        mproc_buf out = {0};
+        size_t cut = 0;
+        int frames = cr->answer(id, k, &out, &cut);
+        if (frames == 2)
+            rc = mproc_connection_send_bytes(c, out.data, cut) ||
+                 mproc_connection_send_bytes(c, out.data + cut, out.len - cut);
+        else
+            rc = mproc_connection_send_bytes(c, out.data, out.len);
+        free(out.data);
+        cr->served++;
+        if (rc)
+            break;
+    }
+    mproc_connection_close(c);
+    return NULL;
+}
+
+/* The answers a proxy reads in place ([1, msgid, nil, result]) and those
+ * it decodes whole, case k: */
+static int crafted_answer(uint32_t id, int k, mproc_buf *out, size_t *cut)
+{
+    uint8_t h[16];
+    switch (k) {
+    case 0: /* msgid as uint32, result 5 */
+        h[0] = 0x94, h[1] = 0x01, h[2] = 0xce;
+        h[3] = (uint8_t)(id >> 24), h[4] = (uint8_t)(id >> 16), h[5] = (uint8_t)(id >> 8), h[6] = (uint8_t)id;
+        h[7] = 0xc0, h[8] = 0x05;
+        buf_add(out, h, 9);
+        return 1;
+    case 1: /* a late answer (another msgid), then this one's: 8 */
+        buf_add(out, "\x94\x01\xcd\xff\xfe\xc0\x07", 7);
+        *cut = out->len;
+        buf_msgpack(out, list_of(4, mproc_value_int(1), mproc_value_int(id), mproc_value_nil(),
+                                 mproc_value_int(8)));
+        return 2;
+    case 2: /* an error: decoded whole */
+        buf_msgpack(out, list_of(4, mproc_value_int(1), mproc_value_int(id),
+                                 list_of(2, mproc_value_str("ValueError"), mproc_value_str("bad")),
+                                 mproc_value_nil()));
+        return 1;
+    default: /* a result that is not msgpack: EPROTO, and the proxy is done */
+        h[0] = 0x94, h[1] = 0x01, h[2] = (uint8_t)(id & 0x7f), h[3] = 0xc0, h[4] = 0xc1;
+        buf_add(out, h, 5);
+        return 1;
+    }
+}
+
+MTEST(test_proxy_reads_answers_in_place_and_whole)
+{
+    crafted cr = {.answer = crafted_answer};
+    char addr[64];
+    snprintf(addr, sizeof addr, "unix:@mproc-test-crafted-%d", (int)getpid());
+    CHECK_OK(mproc_listener_new(&cr.l, addr, NULL));
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, crafted_main, &cr), 0);
+    mproc_rpc_proxy_opts po = {.wire = MPROC_RPC_MSGPACK, .no_shm = true};
+    mproc_rpc_proxy *p;
+    CHECK_OK(mproc_rpc_connect(&p, mproc_listener_address(cr.l), &po));
+    CHECK_EQ(call_int(p, "add", ints2(2, 3)), 5);
+    CHECK_EQ(call_int(p, "add", ints2(4, 4)), 8);
+    expect_remote(p, "add", ints2(0, 0), "ValueError", "bad");
+    CHECK_EQ(call_rc(p, "add", ints2(1, 1), 30.0), MPROC_EPROTO);
+    CHECK(strstr(mproc_errmsg(), "malformed answer"));
+    CHECK_EQ(call_rc(p, "add", ints2(1, 1), 30.0), MPROC_ECLOSED); /* broken now */
+    mproc_rpc_close(p);
+    CHECK_EQ(pthread_join(th, NULL), 0);
+    CHECK_EQ(cr.served, 4);
+    mproc_listener_close(cr.l);
+}
+
 static void scenario_msgpack_shapes(mproc_rpc_transport t)
 {
     mproc_rpc_handler *h = new_handler(false);
@@ -2063,6 +2159,21 @@ static void scenario_msgpack_shapes(mproc_rpc_transport t)
         {msgpack_req(1, "add", mproc_value_int(5)), NULL, 0, "[[1, 1, ['TypeError', "},
         {list_of(4, mproc_value_int(0), mproc_value_int(2), mproc_value_int(42), mproc_value_list()), NULL, 0, "[[1, 2, ['TypeError', "},
         {msgpack_req(UINT32_MAX, "add", ints2(1, 2)), NULL, 0, "[[1, 4294967295, None, 3]]"},
+#define RAW(lit) NULL, lit, sizeof lit - 1
+        /* headers the server reads in place: each msgid and str width */
+        {RAW("\x94\x00\xcc\xc8\xa3" "add" "\x92\x01\x02"), "[[1, 200, None, 3]]"},
+        {RAW("\x94\x00\xcd\x01\x00\xa3" "add" "\x92\x01\x02"), "[[1, 256, None, 3]]"},
+        {RAW("\x94\x00\xce\x00\x01\x00\x00\xa3" "add" "\x92\x01\x02"), "[[1, 65536, None, 3]]"},
+        {RAW("\x94\x00\xcf\x00\x00\x00\x00\x00\x00\x00\x05\xa3" "add" "\x92\x01\x02"), "[[1, 5, None, 3]]"},
+        {RAW("\x94\x00\x01\xd9\x03" "add" "\x92\x01\x02"), "[[1, 1, None, 3]]"},
+        {RAW("\x94\x00\x01\xda\x00\x03" "add" "\x92\x01\x02"), "[[1, 1, None, 3]]"},
+        {RAW("\x94\x00\x02\xa4" "ad\x00" "d" "\x90"), "[[1, 2, ['TypeError', 'malformed request: a NUL"},
+        {RAW("\x94\x00\x03\xa3\xff\xfe\xfd\x90"), "[]"},
+        {RAW("\x94\x00\x03\xa3" "add" "\x05"), "[[1, 3, ['TypeError', 'malformed request: method must"},
+        {RAW("\x94\x00\x06\xd9\x46" "a_method_name_longer_than_the_buffer_kept_for_names_in_the_request_xyz" "\x90"),
+         "[[1, 6, ['AttributeError', \"no function 'a_method_name_longer_than_the_buffer_kept_for_names_in_the_request_xyz'\"]"},
+        {RAW("\x94\x00\x04\xa3" "add" "\x92\x01\xc1"), "[]"},
+#undef RAW
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mproc_buf m = {0}, out = {0}, got = {0};
@@ -2331,6 +2442,7 @@ int main(int argc, char **argv)
         MTEST_ENTRY(test_fuzz_msgpack_connection),
         MTEST_ENTRY(test_fuzz_python_connection),
         MTEST_ENTRY(test_fuzz_msgpack_stream),
+        MTEST_ENTRY(test_proxy_reads_answers_in_place_and_whole),
         MTEST_ENTRY(test_msgpack_bad_shapes_answered_or_closed_connection),
         MTEST_ENTRY(test_msgpack_bad_shapes_answered_or_closed_stream),
         MTEST_ENTRY(test_python_bad_frames_get_typeerror_and_connection_goes_on),

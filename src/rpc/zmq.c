@@ -290,9 +290,10 @@ static void *worker_main(void *arg)
         goto done;
     while (recv_request(sock, f, &n, &over) == 0) {
         bool answer = false;
+        mproc_value *later[2] = {NULL, NULL};
         if (!over) /* its error, if any, is in the answer; nothing to drop */
             rpc__answer(z->h, z->wire, z->max_message, zmq_msg_data(&f[n - 1]),
-                        zmq_msg_size(&f[n - 1]), &out, &answer);
+                        zmq_msg_size(&f[n - 1]), &out, &answer, later);
         int rc;
         if (answer) {
             rc = zmq_send(sock, "A", 1, ZMQ_SNDMORE);
@@ -303,6 +304,8 @@ static void *worker_main(void *arg)
         } else {
             rc = zmq_send(sock, "R", 1, 0);
         }
+        mproc_value_free(later[0]);
+        mproc_value_free(later[1]);
         for (size_t j = 0; j < n; j++)
             zmq_msg_close(&f[j]);
         if (rc < 0)
