@@ -789,6 +789,7 @@ typedef struct srv_conn {
     int fd;
     atomic_bool busy; /* inside a call */
     int64_t active_ns; /* when the last request was answered (idle_timeout) */
+    uint32_t out_run;  /* rpc__trim_due's count for the answer buffer */
     rpc_stream st;
     struct srv_conn *prev, *next;
 } srv_conn;
@@ -962,6 +963,8 @@ static int serve_frame(mproc_rpc_server *s, srv_conn *sc, const void *data, size
             rc = e;
     }
     free_later(later);
+    if (rpc__trim_due(out->cap, out->len, &sc->out_run))
+        mproc__buf_free(out);
     return rc;
 }
 
@@ -1065,6 +1068,8 @@ static int serve_shm_one(mproc_rpc_server *s, srv_conn *sc, mproc_buf *out)
             rc = e;
     }
     free_later(later);
+    if (rpc__trim_due(out->cap, out->len, &sc->out_run))
+        mproc__buf_free(out);
     atomic_store(&sc->busy, false);
     sc->active_ns = mproc__now_ns();
     return rc;
@@ -1294,6 +1299,7 @@ struct mproc_rpc_proxy {
     bool broken;
     size_t max_message;
     mproc_buf out;
+    uint32_t out_run; /* rpc__trim_due's count for out */
     char exc_type[64];
     rpc_zmq_proxy *z; /* MPROC_RPC_ZMQ: the socket, instead of c/fd */
     rpc_shm *shm;     /* calls go through shared memory (c stays open) */
@@ -1535,6 +1541,8 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
     if (kwargs && mproc_value_type(kwargs) != MPROC_V_MAP)
         return mproc__fail(MPROC_EINVAL, "rpc: kwargs must be a map");
     uint32_t id = p->next_id++;
+    if (rpc__trim_due(p->out.cap, p->out.len, &p->out_run)) /* len: the last request's */
+        mproc__buf_free(&p->out);
     p->out.len = 0;
     if ((rc = encode_call(p, 0, id, method, args, kwargs)) != 0)
         return rc;

@@ -19,6 +19,25 @@
 int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const void *data,
                 size_t len, mproc_buf *out, bool *answer, mproc_value *later[2]);
 
+/* A buffer grown for a big message is given back after RPC_TRIM_AFTER
+ * messages in a row that used at most an eighth of it (buffers above
+ * RPC_TRIM_ABOVE only): one 64 MiB answer does not pin 64 MiB for the
+ * connection's life, and a run of big messages does not reallocate.
+ * `run` counts the small ones; true: free or shrink the buffer now. */
+#define RPC_TRIM_ABOVE ((size_t)1 << 20)
+#define RPC_TRIM_AFTER 16u
+static inline bool rpc__trim_due(size_t cap, size_t used, uint32_t *run)
+{
+    if (cap <= RPC_TRIM_ABOVE || used > cap / 8) {
+        *run = 0;
+        return false;
+    }
+    if (++*run < RPC_TRIM_AFTER)
+        return false;
+    *run = 0;
+    return true;
+}
+
 /* ------------------------------------------- shared memory (src/rpc/shm.c)
  * The Connection transport's channel for a proxy on the server's machine. */
 #define RPC_SHM_METHOD "mproc.shm"

@@ -53,6 +53,8 @@ struct rpc_shm {
     uint8_t *buf;
     size_t cap;
     mproc_deadline until; /* proxy: the deadline of the receive in progress */
+    size_t last;          /* the size of the last message received */
+    uint32_t small_run;   /* rpc__trim_due's count for buf */
 };
 
 static int boot_id(char out[40])
@@ -310,6 +312,13 @@ int rpc__shm_send(rpc_shm *ch, const void *data, size_t len, mproc_deadline d)
 int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, size_t *len)
 {
     ch->until = d;
+    if (rpc__trim_due(ch->cap, ch->last, &ch->small_run)) {
+        uint8_t *nb = realloc(ch->buf, SHM_BUF);
+        if (nb) {
+            ch->buf = nb;
+            ch->cap = SHM_BUF;
+        }
+    }
     for (;;) {
         int rc = mproc_queue_get_into(ch->in, ch->buf, ch->cap, len, slice_of(d, SHM_SLICE_S));
         if (rc == 0 && *len > max)
@@ -317,6 +326,7 @@ int rpc__shm_recv(rpc_shm *ch, mproc_deadline d, size_t max, const void **data, 
                                *len, max);
         if (rc == 0) {
             *data = ch->buf;
+            ch->last = *len;
             return 0;
         }
         if (rc == MPROC_EMSGSIZE && *len > max) {
