@@ -793,6 +793,40 @@ MTEST(test_killed_proxy_process_leaves_the_server)
     rig_close();
 }
 
+/* A client process running child(server address, write end of a tick
+ * pipe); *tick gets the read end. */
+static pid_t fork_client(const mproc_rpc_server *s, void (*child)(const char *addr, int tick),
+                         int *tick)
+{
+    int tp[2];
+    CHECK(pipe2(tp, O_CLOEXEC) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0)
+        child(mproc_rpc_server_address(s), tp[1]);
+    close(tp[1]);
+    *tick = tp[0];
+    return pid;
+}
+
+/* The next byte a client wrote on its tick pipe. */
+static void wait_tick(int tick)
+{
+    char c;
+    CHECK_OK(mproc_wait_fd(tick, POLLIN, 30.0));
+    CHECK_EQ(read(tick, &c, 1), 1);
+}
+
+/* The thread id a block_tid() call sent. */
+static pid_t read_tid(void)
+{
+    pid_t tid;
+    CHECK_OK(mproc_wait_fd(g_entered[0], POLLIN, 30.0));
+    CHECK_EQ(read(g_entered[0], &tid, sizeof tid), (ssize_t)sizeof tid);
+    return tid;
+}
+
 /* Big calls back to back (a byte on `tick` after each) until killed. */
 static void streaming_child(const char *addr, int tick)
 {
@@ -818,22 +852,13 @@ MTEST(test_proxy_killed_mid_stream_leaves_the_server)
     mproc_rpc_server_opts so = sopts(MPROC_RPC_MSGPACK, false);
     mproc_rpc_server *s = serve(h, ABSTRACT, &so);
     for (int round = 0; round < 3; round++) {
-        int tp[2];
-        CHECK(pipe2(tp, O_CLOEXEC) == 0);
-        fflush(NULL);
-        pid_t pid = fork();
-        CHECK(pid >= 0);
-        if (pid == 0)
-            streaming_child(mproc_rpc_server_address(s), tp[1]);
-        close(tp[1]);
-        for (int i = 0; i < round + 1; i++) { /* then it is inside the next call */
-            char c;
-            CHECK_OK(mproc_wait_fd(tp[0], POLLIN, 30.0));
-            CHECK_EQ(read(tp[0], &c, 1), 1);
-        }
+        int tick;
+        pid_t pid = fork_client(s, streaming_child, &tick);
+        for (int i = 0; i < round + 1; i++) /* then it is inside the next call */
+            wait_tick(tick);
         CHECK_EQ(kill(pid, SIGKILL), 0);
         reap_killed(pid);
-        close(tp[0]);
+        close(tick);
         wait_connections(s, 0);
     }
     mproc_rpc_proxy *p = shm_proxy(s, &so);
@@ -944,20 +969,10 @@ MTEST(test_stop_cuts_a_client_frozen_mid_request)
     mproc_rpc_handler *h = new_handler();
     mproc_rpc_server_opts so = sopts(MPROC_RPC_MSGPACK, false);
     mproc_rpc_server *s = serve(h, ABSTRACT, &so);
-    int tp[2];
-    CHECK(pipe2(tp, O_CLOEXEC) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0)
-        frozen_client(mproc_rpc_server_address(s), tp[1]);
-    close(tp[1]);
-    pid_t tid; /* the server's thread for this client */
-    CHECK_OK(mproc_wait_fd(g_entered[0], POLLIN, 30.0));
-    CHECK_EQ(read(g_entered[0], &tid, sizeof tid), (ssize_t)sizeof tid);
-    char c;
-    CHECK_OK(mproc_wait_fd(tp[0], POLLIN, 30.0));
-    CHECK_EQ(read(tp[0], &c, 1), 1);
+    int tick;
+    pid_t pid = fork_client(s, frozen_client, &tick);
+    pid_t tid = read_tid(); /* the server's thread for this client */
+    wait_tick(tick);
     wait_futex_sleep(pid, pid); /* the ring is full, the request half sent */
     CHECK_EQ(kill(pid, SIGSTOP), 0);
     int st;
@@ -974,7 +989,7 @@ MTEST(test_stop_cuts_a_client_frozen_mid_request)
     CHECK_EQ(mproc_rpc_server_connections(s), 0);
     CHECK_EQ(kill(pid, SIGKILL), 0);
     reap_killed(pid);
-    close(tp[0]);
+    close(tick);
     mproc_rpc_server_free(s);
     mproc_rpc_handler_free(h);
     rig_close();
@@ -998,9 +1013,7 @@ MTEST(test_call_timeout_holds_with_a_server_frozen_mid_answer)
      * the ring nobody reads and the server's thread sleeps for room */
     CHECK_EQ(call_rc(p, "block_tid", list_of(1, mproc_value_int((int64_t)8 << 20)), 0.2),
              MPROC_ETIMEDOUT);
-    pid_t tid;
-    CHECK_OK(mproc_wait_fd(g_entered[0], POLLIN, 30.0));
-    CHECK_EQ(read(g_entered[0], &tid, sizeof tid), (ssize_t)sizeof tid);
+    pid_t tid = read_tid();
     release_one();
     wait_futex_sleep(pid, tid);
     CHECK_EQ(kill(pid, SIGSTOP), 0);
@@ -1096,20 +1109,11 @@ MTEST(test_server_buffers_shrink_after_a_big_call)
     mproc_rpc_server_opts so = sopts(MPROC_RPC_MSGPACK, false);
     mproc_rpc_server *s = serve(h, ABSTRACT, &so);
     size_t before = heap_in_use();
-    int tp[2];
-    CHECK(pipe2(tp, O_CLOEXEC) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0)
-        big_then_small_child(mproc_rpc_server_address(s), tp[1]);
-    close(tp[1]);
-    char c;
-    CHECK_OK(mproc_wait_fd(tp[0], POLLIN, 30.0));
-    CHECK_EQ(read(tp[0], &c, 1), 1);
+    int tick;
+    pid_t pid = fork_client(s, big_then_small_child, &tick);
+    wait_tick(tick);
     size_t big = heap_in_use();
-    CHECK_OK(mproc_wait_fd(tp[0], POLLIN, 30.0));
-    CHECK_EQ(read(tp[0], &c, 1), 1);
+    wait_tick(tick);
     size_t after = heap_in_use();
     printf("server heap in use: %zu before, %zu after the 12 MiB call, %zu after 40 small ones\n",
            before, big, after);
@@ -1119,7 +1123,7 @@ MTEST(test_server_buffers_shrink_after_a_big_call)
     }
     CHECK_EQ(kill(pid, SIGKILL), 0);
     reap_killed(pid);
-    close(tp[0]);
+    close(tick);
     mproc_rpc_server_free(s);
     mproc_rpc_handler_free(h);
 }
