@@ -2048,35 +2048,37 @@ typedef struct crafted {
 static void *crafted_main(void *arg)
 {
     crafted *cr = arg;
-    mproc_connection *c;
-    if (mproc_listener_accept(cr->l, &c, 30.0) != 0)
-        return NULL;
-    for (int k = 0;; k++) {
-        void *buf;
-        size_t n;
-        if (mproc_connection_recv_bytes(c, &buf, &n, 30.0) != 0)
-            break;
-        mproc_value *req = NULL;
-        int rc = mproc_msgpack_decode(buf, n, NULL, &req);
-        free(buf);
-        if (rc)
-            break;
-        uint32_t id = (uint32_t)mproc_value_as_int(mproc_value_at(req, 1));
-        mproc_value_free(req);
-        mproc_buf out = {0};
-        size_t cut = 0;
-        int frames = cr->answer(id, k, &out, &cut);
-        if (frames == 2)
-            rc = mproc_connection_send_bytes(c, out.data, cut) ||
-                 mproc_connection_send_bytes(c, out.data + cut, out.len - cut);
-        else
-            rc = mproc_connection_send_bytes(c, out.data, out.len);
-        free(out.data);
-        cr->served++;
-        if (rc)
-            break;
+    for (int conn = 0, k = 0; conn < 2; conn++) {
+        mproc_connection *c;
+        if (mproc_listener_accept(cr->l, &c, 30.0) != 0)
+            return NULL;
+        for (;; k++) {
+            void *buf;
+            size_t n;
+            if (mproc_connection_recv_bytes(c, &buf, &n, 30.0) != 0)
+                break;
+            mproc_value *req = NULL;
+            int rc = mproc_msgpack_decode(buf, n, NULL, &req);
+            free(buf);
+            if (rc)
+                break;
+            uint32_t id = (uint32_t)mproc_value_as_int(mproc_value_at(req, 1));
+            mproc_value_free(req);
+            mproc_buf out = {0};
+            size_t cut = 0;
+            int frames = cr->answer(id, k, &out, &cut);
+            if (frames == 2)
+                rc = mproc_connection_send_bytes(c, out.data, cut) ||
+                     mproc_connection_send_bytes(c, out.data + cut, out.len - cut);
+            else
+                rc = mproc_connection_send_bytes(c, out.data, out.len);
+            free(out.data);
+            cr->served++;
+            if (rc)
+                break;
+        }
+        mproc_connection_close(c);
     }
-    mproc_connection_close(c);
     return NULL;
 }
 
@@ -2103,9 +2105,12 @@ static int crafted_answer(uint32_t id, int k, mproc_buf *out, size_t *cut)
                                  list_of(2, mproc_value_str("ValueError"), mproc_value_str("bad")),
                                  mproc_value_nil()));
         return 1;
-    default: /* a result that is not msgpack: EPROTO, and the proxy is done */
+    case 3: /* a result that is not msgpack: EPROTO, and the proxy is done */
         h[0] = 0x94, h[1] = 0x01, h[2] = (uint8_t)(id & 0x7f), h[3] = 0xc0, h[4] = 0xc1;
         buf_add(out, h, 5);
+        return 1;
+    default: /* (second connection) a late answer that is not msgpack: the same */
+        buf_add(out, "\x94\x01\xcd\xff\xfe\xc0\xc1", 7);
         return 1;
     }
 }
@@ -2128,8 +2133,12 @@ MTEST(test_proxy_reads_answers_in_place_and_whole)
     CHECK(strstr(mproc_errmsg(), "malformed answer"));
     CHECK_EQ(call_rc(p, "add", ints2(1, 1), 30.0), MPROC_ECLOSED); /* broken now */
     mproc_rpc_close(p);
+    CHECK_OK(mproc_rpc_connect(&p, mproc_listener_address(cr.l), &po));
+    CHECK_EQ(call_rc(p, "add", ints2(1, 1), 30.0), MPROC_EPROTO);
+    CHECK(strstr(mproc_errmsg(), "malformed answer"));
+    mproc_rpc_close(p);
     CHECK_EQ(pthread_join(th, NULL), 0);
-    CHECK_EQ(cr.served, 4);
+    CHECK_EQ(cr.served, 5);
     mproc_listener_close(cr.l);
 }
 
@@ -2173,6 +2182,7 @@ static void scenario_msgpack_shapes(mproc_rpc_transport t)
         {RAW("\x94\x00\x06\xd9\x46" "a_method_name_longer_than_the_buffer_kept_for_names_in_the_request_xyz" "\x90"),
          "[[1, 6, ['AttributeError', \"no function 'a_method_name_longer_than_the_buffer_kept_for_names_in_the_request_xyz'\"]"},
         {RAW("\x94\x00\x04\xa3" "add" "\x92\x01\xc1"), "[]"},
+        {RAW("\x94\x00\x02\xa4" "ad\x00" "d" "\xc1"), "[]"}, /* the params fail first */
 #undef RAW
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -2294,6 +2304,8 @@ MTEST(test_python_bad_frames_get_typeerror_and_connection_goes_on)
         {"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\xff" INNER ".", 27, NULL, "TypeError"},
         {"\x80\x04\x95\x01", 4, NULL, "TypeError"},
         {"\x80\x04" "B\x0f\x00", 5, NULL, "TypeError"},
+        {"\x80\x06" "C\x0f" INNER ".", 20, NULL, "TypeError"}, /* protocol 6 */
+        {"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00" "C\x0f" INNER ".", 29, NULL, "TypeError"},
 #undef INNER
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -300,30 +300,34 @@ static int mp_request_fast(const uint8_t *p, size_t n, rpc_req *r, int *rc)
     const char *m = (const char *)p + i;
     if (!mproc__utf8_valid((const uint8_t *)m, ml))
         return 0; /* the whole decode says what is wrong */
+    i += ml;
+    /* the whole message's limits, less what its header took */
+    mproc_decode_limits lim = {MPROC__DEFAULT_MAX_DEPTH - 1, MPROC__DEFAULT_MAX_ITEMS - 4,
+                               MPROC__DEFAULT_MAX_BYTES - ml};
+    if (mproc_msgpack_decode(p + i, n - i, &lim, &r->root) != 0)
+        return 0; /* the whole decode fails too, and says why */
+    /* from here the checks of the whole decode, in its order */
     r->kind = 0;
     r->msgid = id;
+    if (mproc_value_type(r->root) != MPROC_V_LIST) {
+        *rc = mproc__fail(MPROC_EPROTO, "malformed request: method must be a str, params an array");
+        return 1;
+    }
     if (memchr(m, 0, ml)) {
         *rc = mproc__fail(MPROC_EPROTO, "malformed request: a NUL in the method name");
         return 1;
     }
     char *name = r->name_buf;
     if (ml >= sizeof r->name_buf && !(name = r->name_heap = malloc(ml + 1))) {
-        *rc = MPROC_ENOMEM;
-        return 1;
+        req_free(r); /* no memory: the whole decode says so (it needs more) */
+        r->kind = -1;
+        return 0;
     }
     memcpy(name, m, ml);
     name[ml] = 0;
     r->method = name;
-    i += ml;
-    if (mproc_msgpack_decode(p + i, n - i, NULL, &r->root) != 0) {
-        req_free(r); /* the whole decode tells it as it would have */
-        r->kind = -1;
-        return 0;
-    }
-    *rc = 0;
-    if (mproc_value_type(r->root) != MPROC_V_LIST)
-        *rc = mproc__fail(MPROC_EPROTO, "malformed request: method must be a str, params an array");
     r->args = r->root;
+    *rc = 0;
     return 1;
 }
 
@@ -357,10 +361,19 @@ static int py_frame_end(mproc_buf *b, size_t at)
 static const uint8_t *py_inner(const uint8_t *p, size_t len, size_t *n)
 {
     size_t i = 0;
-    if (len >= 2 && p[0] == 0x80)
+    if (len >= 2 && p[0] == 0x80) {
+        if (p[1] > 5)
+            return NULL; /* a protocol the decoder refuses */
         i = 2;
-    if (len - i >= 9 && p[i] == 0x95)
+    }
+    if (len - i >= 9 && p[i] == 0x95) {
+        uint64_t f = 0;
+        for (size_t j = 0; j < 8; j++)
+            f |= (uint64_t)p[i + 1 + j] << (8 * j);
         i += 9;
+        if (f > len - i)
+            return NULL; /* a frame longer than the data: the decoder says so */
+    }
     if (i >= len)
         return NULL;
     size_t w = p[i] == 'C' ? 1 : p[i] == 'B' ? 4 : p[i] == 0x8e ? 8 : 0;
@@ -1590,13 +1603,12 @@ int mproc_rpc_call_kw(mproc_rpc_proxy *p, const char *method, const mproc_value 
                            ((const uint8_t *)data)[1] == 0x01
                        ? mp_uint((const uint8_t *)data + 2, len - 2, &aid)
                        : 0;
-        if (k && 2 + k < len && ((const uint8_t *)data)[2 + k] == 0xc0) {
-            /* [1, msgid, nil, result]: only the result is decoded */
-            if (aid != id) { /* a late answer to a timed-out call */
-                free(buf);
-                continue;
-            }
-            rc = mproc_msgpack_decode((const uint8_t *)data + 3 + k, len - 3 - k, NULL, &v);
+        if (k && 2 + k < len && ((const uint8_t *)data)[2 + k] == 0xc0 && aid == id) {
+            /* [1, msgid, nil, result]: only the result is decoded, within
+             * the whole answer's limits less its header */
+            mproc_decode_limits lim = {MPROC__DEFAULT_MAX_DEPTH - 1, MPROC__DEFAULT_MAX_ITEMS - 4,
+                                       MPROC__DEFAULT_MAX_BYTES};
+            rc = mproc_msgpack_decode((const uint8_t *)data + 3 + k, len - 3 - k, &lim, &v);
             free(buf);
             if (rc) {
                 p->broken = true;

@@ -13,7 +13,7 @@
  * notifications). 0 to go on with this client, else a code after which
  * the transport drops the client (after sending the answer, if any).
  * `max`: largest answer; a bigger result is answered with an error.
- * later[0..1]: the request's and the result's values, for the caller to
+ * later[0..1]: the result's and the request's values, for the caller to
  * free (mproc_value_free) after sending, when the other side is busy
  * with the answer rather than waiting for it; always set, maybe NULL. */
 int rpc__answer(mproc_rpc_handler *h, mproc_rpc_wire wire, size_t max, const void *data,
