@@ -16,6 +16,8 @@
 
 extern char **environ;
 
+#include "peer.h"
+
 static const char KEY[] = "aaaaaaaa";
 static const char KEY_HEX[] = "6161616161616161";
 static const char BAD_HEX[] = "6262626262626262";
@@ -69,74 +71,12 @@ static void check_is_the_value(const mproc_value *v)
     free(r);
 }
 
-/* A python3 peer: conn_peer.py args..., stdout into a pipe we read lines from. */
-typedef struct pypeer {
-    pid_t pid;
-    int out;
-    char buf[4096];
-    size_t len;
-} pypeer;
-
-static void py_start(pypeer *p, const char *mode, const char *addr, const char *keyhex, int pass_fd)
+/* A python3 peer: conn_peer.py mode addr keyhex, with `pass_fd` as its fd 3. */
+static void py_start(peer *p, const char *mode, const char *addr, const char *keyhex, int pass_fd)
 {
-    int out[2];
-    CHECK(pipe2(out, O_CLOEXEC) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    if (pass_fd >= 0)
-        posix_spawn_file_actions_adddup2(&fa, pass_fd, 3);
     char *argv[] = {"python3", (char *)CONN_PEER_PY, (char *)mode, (char *)addr, (char *)keyhex,
                     NULL};
-    memset(p, 0, sizeof *p);
-    CHECK_EQ(posix_spawnp(&p->pid, "python3", &fa, NULL, argv, environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    p->out = out[0];
-}
-
-/* The next stdout line (without newline) into `line`; fails the test after 30 s. */
-static void py_line(pypeer *p, char *line, size_t cap)
-{
-    for (;;) {
-        char *nl = memchr(p->buf, '\n', p->len);
-        if (nl) {
-            size_t k = (size_t)(nl - p->buf);
-            snprintf(line, cap, "%.*s", (int)k, p->buf);
-            memmove(p->buf, nl + 1, p->len - k - 1);
-            p->len -= k + 1;
-            return;
-        }
-        CHECK(p->len < sizeof p->buf);
-        CHECK_OK(mproc_wait_fd(p->out, POLLIN, 30.0));
-        ssize_t n = mproc_read_some(p->out, p->buf + p->len, sizeof p->buf - p->len);
-        if (n <= 0) {
-            fprintf(stderr, "python peer ended early; output so far: %.*s\n", (int)p->len, p->buf);
-            CHECK(0);
-        }
-        p->len += (size_t)n;
-    }
-}
-
-static void py_expect(pypeer *p, const char *prefix)
-{
-    char line[1024];
-    py_line(p, line, sizeof line);
-    if (strncmp(line, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "python peer said '%s', expected '%s...'\n", line, prefix);
-        CHECK(0);
-    }
-}
-
-static void py_finish(pypeer *p)
-{
-    int st;
-    CHECK_EQ(waitpid(p->pid, &st, 0), p->pid);
-    close(p->out);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "python peer exited with status 0x%x\n", st);
-        CHECK(0);
-    }
+    peer_start_fd(p, argv, false, pass_fd);
 }
 
 static void tmp_unix_address(char *buf, size_t cap, const char *tag)
@@ -939,13 +879,13 @@ MTEST(test_python_listener_c_client)
 {
     char addr[128], line[256];
     tmp_unix_address(addr, sizeof addr, "pyl");
-    pypeer py;
+    peer py;
     py_start(&py, "listen", addr, KEY_HEX, -1);
-    py_expect(&py, "address unix:");
+    peer_expect_prefix(&py, "address unix:");
     mproc_client_opts o = keyed_client(KEY);
     mproc_connection *c;
     CHECK_OK(mproc_client_connect(&c, addr, &o));
-    py_expect(&py, "accepted");
+    peer_expect_prefix(&py, "accepted");
     send_str(c, "hello");
     expect_str(c, "hello");
     send_str(c, "");
@@ -957,41 +897,41 @@ MTEST(test_python_listener_c_client)
     mproc_value_free(v);
     mproc_value_free(back);
     mproc_connection_close(c);
-    py_line(&py, line, sizeof line);
+    peer_line(&py, line, sizeof line);
     CHECK(strcmp(line, "ok") == 0);
-    py_finish(&py);
+    peer_finish(&py);
 }
 
 MTEST(test_python_listener_tcp_port0_c_client)
 {
     char line[256];
-    pypeer py;
+    peer py;
     py_start(&py, "listen", "tcp:127.0.0.1:0", KEY_HEX, -1);
-    py_line(&py, line, sizeof line);
+    peer_line(&py, line, sizeof line);
     CHECK(strncmp(line, "address tcp:127.0.0.1:", 22) == 0);
     mproc_client_opts o = keyed_client(KEY);
     mproc_connection *c;
     CHECK_OK(mproc_client_connect(&c, line + 8, &o));
-    py_expect(&py, "accepted");
+    peer_expect_prefix(&py, "accepted");
     send_str(c, "over tcp");
     expect_str(c, "over tcp");
     mproc_connection_close(c);
-    py_expect(&py, "ok");
-    py_finish(&py);
+    peer_expect_prefix(&py, "ok");
+    peer_finish(&py);
 }
 
 MTEST(test_python_listener_c_client_wrong_key)
 {
     char addr[128];
     tmp_unix_address(addr, sizeof addr, "pylw");
-    pypeer py;
+    peer py;
     py_start(&py, "listen", addr, BAD_HEX, -1);
-    py_expect(&py, "address");
+    peer_expect_prefix(&py, "address");
     mproc_client_opts o = keyed_client(KEY);
     mproc_connection *c;
     CHECK_EQ(mproc_client_connect(&c, addr, &o), MPROC_EAUTH);
-    py_expect(&py, "auth-error");
-    py_finish(&py);
+    peer_expect_prefix(&py, "auth-error");
+    peer_finish(&py);
     unlink(addr + 5);
 }
 
@@ -1028,11 +968,11 @@ static void c_listener_python_client(const char *address, const char *mode, cons
     o.auth.digest = digest;
     mproc_listener *l;
     CHECK_OK(mproc_listener_new(&l, address, &o));
-    pypeer py;
+    peer py;
     py_start(&py, mode, mproc_listener_address(l), keyhex, -1);
     serve_python(l, want);
-    py_expect(&py, py_says);
-    py_finish(&py);
+    peer_expect_prefix(&py, py_says);
+    peer_finish(&py);
     mproc_listener_close(l);
 }
 
@@ -1070,24 +1010,24 @@ MTEST(test_modern_python_listener_c_client)
 {
     char addr[128];
     snprintf(addr, sizeof addr, "unix:@mproc-test-modern-%d", (int)getpid());
-    pypeer py;
+    peer py;
     py_start(&py, "modern-listen", addr, KEY_HEX, -1);
-    py_expect(&py, "address unix:@");
+    peer_expect_prefix(&py, "address unix:@");
     mproc_client_opts o = keyed_client(KEY);
     mproc_connection *c;
     CHECK_OK(mproc_client_connect(&c, addr, &o));
-    py_expect(&py, "accepted");
+    peer_expect_prefix(&py, "accepted");
     send_str(c, "modern");
     expect_str(c, "modern");
     mproc_connection_close(c);
-    py_expect(&py, "ok");
-    py_finish(&py);
+    peer_expect_prefix(&py, "ok");
+    peer_finish(&py);
     /* and with the wrong key */
     py_start(&py, "modern-listen", addr, BAD_HEX, -1);
-    py_expect(&py, "address");
+    peer_expect_prefix(&py, "address");
     CHECK_EQ(mproc_client_connect(&c, addr, &o), MPROC_EAUTH);
-    py_expect(&py, "auth-error");
-    py_finish(&py);
+    peer_expect_prefix(&py, "auth-error");
+    peer_finish(&py);
 }
 
 MTEST(test_python_pipe_exchanges_pickled_value)
@@ -1098,7 +1038,7 @@ MTEST(test_python_pipe_exchanges_pickled_value)
     CHECK_OK(mproc_connection_new(&c, sv[0], NULL));
     char fdarg[16];
     snprintf(fdarg, sizeof fdarg, "3");
-    pypeer py;
+    peer py;
     py_start(&py, "pipe", fdarg, "-", sv[1]);
     close(sv[1]);
     mproc_value *v;
@@ -1107,10 +1047,10 @@ MTEST(test_python_pipe_exchanges_pickled_value)
     CHECK_OK(mproc_connection_send(c, v));
     mproc_value_free(v);
     char line[256];
-    py_line(&py, line, sizeof line); /* Python prints repr() of what it received */
+    peer_line(&py, line, sizeof line); /* Python prints repr() of what it received */
     CHECK(strcmp(line, "[42, None, 'hello']") == 0);
     mproc_connection_close(c);
-    py_finish(&py);
+    peer_finish(&py);
 }
 
 int main(int argc, char **argv)

@@ -38,6 +38,7 @@
 
 extern char **environ;
 
+#include "peer.h"
 #include "rpc_common.h"
 
 /* ------------------------------------------------------ the functions */
@@ -1375,14 +1376,7 @@ MTEST(test_method_name_with_nul_does_not_match_a_shorter_name)
 
 /* ------------------------------------------------------ python3 peers */
 
-/* A child with stdout (and optionally stdin) on pipes; lines read from stdout. */
-typedef struct peer {
-    pid_t pid;
-    int out, in;
-    char buf[8192];
-    size_t len;
-} peer;
-
+/* argv ran and exited 0. */
 static bool run_ok(char *const argv[])
 {
     pid_t pid;
@@ -1406,85 +1400,6 @@ static bool have_python(void)
         return true;
     printf("SKIP: python3 is not on PATH (or cannot import multiprocessing)\n");
     return false;
-}
-
-static void peer_start(peer *p, char *const argv[], bool with_stdin)
-{
-    int out[2], in[2] = {-1, -1};
-    CHECK(pipe2(out, O_CLOEXEC) == 0);
-    if (with_stdin)
-        CHECK(pipe2(in, O_CLOEXEC) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    if (with_stdin)
-        posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    memset(p, 0, sizeof *p);
-    CHECK_EQ(posix_spawnp(&p->pid, argv[0], &fa, NULL, argv, environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    p->out = out[0];
-    p->in = -1;
-    if (with_stdin) {
-        close(in[0]);
-        p->in = in[1];
-    }
-}
-
-/* The next stdout line (without newline); fails the test after 30 s. */
-static void peer_line(peer *p, char *line, size_t cap)
-{
-    for (;;) {
-        char *nl = memchr(p->buf, '\n', p->len);
-        if (nl) {
-            size_t k = (size_t)(nl - p->buf);
-            snprintf(line, cap, "%.*s", (int)k, p->buf);
-            memmove(p->buf, nl + 1, p->len - k - 1);
-            p->len -= k + 1;
-            return;
-        }
-        CHECK(p->len < sizeof p->buf);
-        CHECK_OK(mproc_wait_fd(p->out, POLLIN, 30.0));
-        ssize_t n = mproc_read_some(p->out, p->buf + p->len, sizeof p->buf - p->len);
-        if (n <= 0) {
-            fprintf(stderr, "peer ended early; output so far: %.*s\n", (int)p->len, p->buf);
-            CHECK(0);
-        }
-        p->len += (size_t)n;
-    }
-}
-
-static void peer_expect(peer *p, const char *want)
-{
-    char line[2048];
-    peer_line(p, line, sizeof line);
-    if (strcmp(line, want) != 0) {
-        fprintf(stderr, "peer said '%s', expected '%s'\n", line, want);
-        CHECK(0);
-    }
-}
-
-static void peer_expect_prefix(peer *p, const char *prefix)
-{
-    char line[2048];
-    peer_line(p, line, sizeof line);
-    if (strncmp(line, prefix, strlen(prefix)) != 0) {
-        fprintf(stderr, "peer said '%s', expected '%s...'\n", line, prefix);
-        CHECK(0);
-    }
-}
-
-static void peer_finish(peer *p)
-{
-    if (p->in >= 0)
-        close(p->in);
-    int st;
-    CHECK_EQ(waitpid(p->pid, &st, 0), p->pid);
-    close(p->out);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        fprintf(stderr, "peer exited with status 0x%x\n", st);
-        CHECK(0);
-    }
 }
 
 /* (a) seed 001's RPCProxy, unmodified, against a C server. */
